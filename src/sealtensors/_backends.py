@@ -1,0 +1,80 @@
+"""Which engine runs: the one place that reads ``SEALTENSORS_BACKEND``.
+
+``auto`` (the default) takes the C engine when it was built and imports cleanly, else the pure-Python
+engine. ``c`` demands the C engine and fails loudly without it; ``python`` forces the fallback. Any
+other value is an error, so a typo never silently changes what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .errors import BackendError
+
+VALID_CHOICES = ("auto", "c", "python")
+
+_lock = threading.Lock()
+_current = None
+
+
+def _load_c_engine():
+    from ._cengine import CEngine  # noqa: PLC0415 - optional compiled module
+
+    return CEngine()
+
+
+def _load(choice: str):
+    from ._pyengine import PythonEngine
+
+    if choice == "python":
+        return PythonEngine()
+    if choice == "c":
+        try:
+            return _load_c_engine()
+        except ImportError as exc:
+            raise BackendError(f"SEALTENSORS_BACKEND=c but the C engine is unavailable: {exc}") from exc
+    try:
+        return _load_c_engine()
+    except ImportError:
+        return PythonEngine()
+
+
+def _choice_from_environment() -> str:
+    choice = os.environ.get("SEALTENSORS_BACKEND", "auto").strip().lower() or "auto"
+    if choice not in VALID_CHOICES:
+        raise BackendError(
+            f"SEALTENSORS_BACKEND={choice!r} is not one of {', '.join(VALID_CHOICES)}"
+        )
+    return choice
+
+
+def engine():
+    """The engine in use, selected on first use from the environment."""
+    global _current
+    current = _current
+    if current is None:
+        with _lock:
+            if _current is None:
+                _current = _load(_choice_from_environment())
+            current = _current
+    return current
+
+
+def use(choice: str):
+    """Switch engines at run time (``auto``, ``c`` or ``python``); returns the new engine.
+
+    Meant for tests and benchmarks; a serving process normally sets the environment variable once.
+    """
+    global _current
+    choice = choice.strip().lower()
+    if choice not in VALID_CHOICES:
+        raise BackendError(f"backend {choice!r} is not one of {', '.join(VALID_CHOICES)}")
+    new = _load(choice)
+    with _lock:
+        _current = new
+    return new
+
+
+def backend_name() -> str:
+    return engine().name

@@ -1,0 +1,106 @@
+"""The pure-Python engine: AES-256-GCM from pycryptodome, one chunk at a time, single-threaded.
+
+It is the reference the C engine must agree with byte for byte and error for error.
+"""
+
+from __future__ import annotations
+
+import os
+
+from Crypto.Cipher import AES
+
+from ._engine_api import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, TAG_SIZE, chunk_nonce, validate_span
+from .errors import IntegrityError
+
+
+def _writable_bytes(buffer) -> memoryview:
+    view = memoryview(buffer)
+    if view.readonly:
+        raise ValueError("destination buffer must be writable")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _readable_bytes(buffer) -> memoryview:
+    view = memoryview(buffer)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _wipe(view: memoryview) -> None:
+    view[:] = bytes(len(view))
+
+
+class PythonEngine:
+    name = "python"
+
+    def info(self) -> dict:
+        return {"backend": "python", "provider": "pycryptodome", "cpu_path": "generic", "threads": 1}
+
+    def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        source = _readable_bytes(src)
+        target = _writable_bytes(dst)
+        count = validate_span(aead_key, base_nonce, first_chunk, len(source), len(target),
+                              final=final, decrypting=False)
+        for i in range(count):
+            plain = source[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
+            out = i * ENCRYPTED_CHUNK_SIZE
+            cipher = AES.new(aead_key, AES.MODE_GCM, nonce=chunk_nonce(base_nonce, first_chunk + i),
+                             mac_len=TAG_SIZE)
+            cipher.encrypt(plain, output=target[out:out + len(plain)])
+            target[out + len(plain):out + len(plain) + TAG_SIZE] = cipher.digest()
+
+    def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        source = _readable_bytes(src)
+        target = _writable_bytes(dst)
+        try:
+            count = validate_span(aead_key, base_nonce, first_chunk, len(source), len(target),
+                                  final=final, decrypting=True)
+        except IntegrityError:
+            _wipe(target)
+            raise
+        for i in range(count):
+            start = i * ENCRYPTED_CHUNK_SIZE
+            end = min(start + ENCRYPTED_CHUNK_SIZE, len(source))
+            body = source[start:end - TAG_SIZE]
+            tag = source[end - TAG_SIZE:end]
+            out = i * CHUNK_SIZE
+            cipher = AES.new(aead_key, AES.MODE_GCM, nonce=chunk_nonce(base_nonce, first_chunk + i),
+                             mac_len=TAG_SIZE)
+            cipher.decrypt(body, output=target[out:out + len(body)])
+            try:
+                cipher.verify(tag)
+            except ValueError:
+                _wipe(target)
+                raise IntegrityError("chunk failed authentication",
+                                     chunk_index=first_chunk + i) from None
+
+    def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
+                        final, threads=0):
+        target = _writable_bytes(dst)
+        # Read in bounded pieces so memory stays small however large the span is.
+        piece_chunks = 256
+        try:
+            count = validate_span(aead_key, base_nonce, first_chunk, length, len(target),
+                                  final=final, decrypting=True)
+        except IntegrityError:
+            _wipe(target)
+            raise
+        done = 0
+        while done < count:
+            n = min(piece_chunks, count - done)
+            start = done * ENCRYPTED_CHUNK_SIZE
+            piece_len = min(n * ENCRYPTED_CHUNK_SIZE, length - start)
+            data = os.pread(fd, piece_len, offset + start)
+            if len(data) != piece_len:
+                _wipe(target)
+                raise IntegrityError("file ended inside a chunk (truncated)",
+                                     chunk_index=first_chunk + done + len(data) // ENCRYPTED_CHUNK_SIZE)
+            is_last_piece = done + n == count
+            out = done * CHUNK_SIZE
+            plain_len = len(data) - n * TAG_SIZE
+            try:
+                self.decrypt_span(aead_key, base_nonce, first_chunk + done, data,
+                                  target[out:out + plain_len], final=final and is_last_piece)
+            except IntegrityError:
+                _wipe(target)
+                raise
+            done += n
