@@ -91,9 +91,17 @@ class PythonEngine:
             piece_len = min(n * ENCRYPTED_CHUNK_SIZE, length - start)
             data = os.pread(fd, piece_len, offset + start)
             if len(data) != piece_len:
-                _wipe(target)
+                # Report the lowest failing chunk: authenticate the whole chunks that did arrive first.
+                whole = len(data) // ENCRYPTED_CHUNK_SIZE
+                out = done * CHUNK_SIZE
+                try:
+                    self.decrypt_span(aead_key, base_nonce, first_chunk + done,
+                                      data[:whole * ENCRYPTED_CHUNK_SIZE],
+                                      target[out:out + whole * CHUNK_SIZE], final=False)
+                finally:
+                    _wipe(target)
                 raise IntegrityError("file ended inside a chunk (truncated)",
-                                     chunk_index=first_chunk + done + len(data) // ENCRYPTED_CHUNK_SIZE)
+                                     chunk_index=first_chunk + done + whole)
             is_last_piece = done + n == count
             out = done * CHUNK_SIZE
             plain_len = len(data) - n * TAG_SIZE
