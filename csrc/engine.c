@@ -1,0 +1,564 @@
+/*
+ * The span engine: length rules, chunk nonces, work distribution over threads, error reporting.
+ *
+ * Threading: a call that is worth splitting (enough chunks, threads > 1) starts up to threads-1
+ * helper threads and works itself as well. Batches of consecutive chunks are handed out through an
+ * atomic counter. A failing chunk is recorded under a mutex only when it is lower than the failure
+ * already recorded; batches that start above the recorded failure are skipped. Every chunk below the
+ * final recorded failure has therefore been processed, so the reported chunk is the lowest failing
+ * one whatever the thread timing. The caller joins every helper and then reports once.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "checked.h"
+#include "provider.h"
+#include "sealtensors.h"
+
+#ifndef ST_VERSION
+#error "ST_VERSION must be defined by the build (the package version)"
+#endif
+
+/* Tuning: spans shorter than this run on the calling thread; batches hold between MIN and MAX chunks
+ * (1 MiB of plaintext at 64), sized for about 8 batches per worker; pread batches are at most 64
+ * chunks so each helper's read buffer stays at about 1 MiB. */
+#define ST_MIN_PARALLEL_CHUNKS 32
+#define ST_MIN_BATCH 16
+#define ST_MAX_BATCH 128
+#define ST_MAX_FD_BATCH 64
+#define ST_MAX_THREADS 256
+
+/* ---------------------------------------------------------------- small helpers */
+
+void st_wipe(void *ptr, size_t len)
+{
+    if (ptr && len)
+        explicit_bzero(ptr, len);
+}
+
+int st_lock_memory(void *ptr, size_t len)
+{
+    return mlock(ptr, len) == 0 ? 0 : errno;
+}
+
+int st_unlock_memory(void *ptr, size_t len)
+{
+    return munlock(ptr, len) == 0 ? 0 : errno;
+}
+
+size_t st_key_size(void) { return ST_KEY_SIZE; }
+size_t st_nonce_size(void) { return ST_NONCE_SIZE; }
+size_t st_tag_size(void) { return ST_TAG_SIZE; }
+size_t st_chunk_size(void) { return ST_CHUNK_SIZE; }
+uint64_t st_max_chunks(void) { return ST_MAX_CHUNKS; }
+
+const char *st_version(void)
+{
+    return ST_VERSION;
+}
+
+int st_check_version(const char *expected)
+{
+    return (expected && strcmp(expected, ST_VERSION) == 0) ? ST_OK : ST_E_VERSION;
+}
+
+const char *st_status_message(int code)
+{
+    switch (code) {
+    case ST_OK: return "ok";
+    case ST_E_AUTH: return "chunk failed authentication";
+    case ST_E_LENGTH: return "ciphertext span has an impossible length (truncated or extended)";
+    case ST_E_ARG: return "invalid argument";
+    case ST_E_IO: return "read failed";
+    case ST_E_NOMEM: return "out of memory";
+    case ST_E_PROVIDER: return "AES provider unavailable or failed";
+    case ST_E_VERSION: return "engine version mismatch";
+    default: return "unknown status";
+    }
+}
+
+static const st_provider_ops *provider_ops(int provider)
+{
+    switch (provider) {
+    case ST_PROVIDER_IPSECMB: return &st_ipsecmb_ops;
+    case ST_PROVIDER_OPENSSL: return &st_openssl_ops;
+    default: return NULL;
+    }
+}
+
+int st_resolve_provider(int provider)
+{
+    if (provider == ST_PROVIDER_AUTO) {
+        if (st_ipsecmb_ops.available())
+            return ST_PROVIDER_IPSECMB;
+        return st_openssl_ops.available() ? ST_PROVIDER_OPENSSL : -1;
+    }
+    const st_provider_ops *ops = provider_ops(provider);
+    return (ops && ops->available()) ? provider : -1;
+}
+
+int st_provider_available(int provider)
+{
+    return st_resolve_provider(provider) >= 0;
+}
+
+const char *st_provider_name(int provider)
+{
+    const st_provider_ops *ops = provider_ops(provider);
+    return ops ? ops->name : NULL;
+}
+
+const char *st_provider_cpu_path(int provider)
+{
+    const st_provider_ops *ops = provider_ops(provider);
+    return ops ? ops->cpu_path() : NULL;
+}
+
+static int parse_positive(const char *text)
+{
+    if (!text || !*text)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno || *end || value <= 0)
+        return 0;
+    return value > ST_MAX_THREADS ? ST_MAX_THREADS : (int)value;
+}
+
+int st_default_threads(void)
+{
+    int from_env = parse_positive(getenv("SEALTENSORS_THREADS"));
+    if (from_env)
+        return from_env;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online < 1)
+        online = 1;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int allowed = CPU_COUNT(&set);
+        if (allowed >= 1 && allowed < online)
+            online = allowed;
+    }
+    return online > ST_MAX_THREADS ? ST_MAX_THREADS : (int)online;
+}
+
+/* ---------------------------------------------------------------- status */
+
+static int finish(st_status *status, int code, int64_t chunk_index, unsigned long provider_error,
+                  int sys_errno)
+{
+    if (status) {
+        status->code = code;
+        status->chunk_index = chunk_index;
+        status->provider_error = provider_error;
+        status->sys_errno = sys_errno;
+    }
+    return code;
+}
+
+/* ---------------------------------------------------------------- the job */
+
+typedef struct span_job {
+    const st_provider_ops *ops;
+    int encrypt;
+    uint8_t base_nonce[ST_NONCE_SIZE];
+    uint64_t first_chunk;
+    uint64_t nchunks;
+    size_t last_len;     /* plaintext bytes of the span's last chunk */
+    const uint8_t *src;  /* memory source, or NULL when reading from fd */
+    uint8_t *dst;
+    int fd;
+    int64_t file_offset;
+    size_t src_len;
+    uint64_t batch;
+    uint64_t nbatches;
+    atomic_uint_fast64_t next_batch;
+    atomic_uint_fast64_t fail_at; /* relative index of the lowest failure so far; UINT64_MAX: none */
+    pthread_mutex_t lock;
+    int fail_code;
+    unsigned long fail_provider;
+    int fail_errno;
+} span_job;
+
+typedef struct worker {
+    span_job *job;
+    void *pstate;
+    uint8_t *readbuf;
+    pthread_t thread;
+    int started;
+} worker;
+
+static void record_failure(span_job *job, uint64_t rel, int code, unsigned long perr, int err)
+{
+    pthread_mutex_lock(&job->lock);
+    if (rel < atomic_load_explicit(&job->fail_at, memory_order_relaxed)) {
+        atomic_store_explicit(&job->fail_at, rel, memory_order_relaxed);
+        job->fail_code = code;
+        job->fail_provider = perr;
+        job->fail_errno = err;
+    }
+    pthread_mutex_unlock(&job->lock);
+}
+
+static inline void chunk_nonce(const span_job *job, uint64_t rel, uint8_t nonce[ST_NONCE_SIZE])
+{
+    uint64_t counter = job->first_chunk + rel;
+    memcpy(nonce, job->base_nonce, ST_NONCE_SIZE);
+    for (int i = 0; i < 8; i++)
+        nonce[ST_NONCE_SIZE - 1 - i] ^= (uint8_t)(counter >> (8 * i));
+}
+
+static inline size_t chunk_plain_len(const span_job *job, uint64_t rel)
+{
+    return rel + 1 == job->nchunks ? job->last_len : ST_CHUNK_SIZE;
+}
+
+/* Process chunks [lo, hi) whose ciphertext starts at `ct` (chunk lo's first byte). Returns 0 after
+ * recording a failure, 1 when all chunks succeeded. */
+static int run_chunks(span_job *job, void *pstate, const uint8_t *ct, uint64_t lo, uint64_t hi)
+{
+    uint8_t nonce[ST_NONCE_SIZE];
+    for (uint64_t rel = lo; rel < hi; rel++) {
+        if (rel >= atomic_load_explicit(&job->fail_at, memory_order_relaxed))
+            return 0; /* a lower chunk already failed; nothing here can be lower */
+        size_t len = chunk_plain_len(job, rel);
+        unsigned long perr = 0;
+        int rc;
+        chunk_nonce(job, rel, nonce);
+        if (job->encrypt) {
+            const uint8_t *plain = job->src + rel * ST_CHUNK_SIZE;
+            uint8_t *out = job->dst + rel * ST_ENCRYPTED_CHUNK_SIZE;
+            rc = job->ops->seal(pstate, nonce, plain, len, out, out + len, &perr);
+        } else {
+            const uint8_t *in = ct + (rel - lo) * ST_ENCRYPTED_CHUNK_SIZE;
+            rc = job->ops->open(pstate, nonce, in, len, job->dst + rel * ST_CHUNK_SIZE, in + len,
+                                &perr);
+        }
+        if (rc != ST_OK) {
+            record_failure(job, rel, rc, perr, 0);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Read [want] bytes at `offset`; returns bytes read (short only at end of file) or -1 (errno). */
+static ssize_t pread_full(int fd, uint8_t *buf, size_t want, int64_t offset)
+{
+    size_t got = 0;
+    while (got < want) {
+        ssize_t n = pread(fd, buf + got, want - got, (off_t)(offset + (int64_t)got));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+static void run_batch(span_job *job, worker *w, uint64_t b)
+{
+    uint64_t lo = b * job->batch;
+    uint64_t hi = lo + job->batch < job->nchunks ? lo + job->batch : job->nchunks;
+    if (job->encrypt || job->src) {
+        run_chunks(job, w->pstate, job->src + lo * ST_ENCRYPTED_CHUNK_SIZE, lo, hi);
+        return;
+    }
+    /* fd source: this batch's ciphertext, the last chunk possibly short (the final chunk) */
+    size_t start = (size_t)lo * ST_ENCRYPTED_CHUNK_SIZE;
+    size_t end = (size_t)hi * ST_ENCRYPTED_CHUNK_SIZE;
+    if (end > job->src_len)
+        end = job->src_len;
+    ssize_t got = pread_full(job->fd, w->readbuf, end - start, job->file_offset + (int64_t)start);
+    if (got < 0) {
+        record_failure(job, lo, ST_E_IO, 0, errno);
+        return;
+    }
+    if ((size_t)got < end - start) {
+        /* the file ended early: whole chunks that arrived are authenticated first (lowest wins) */
+        uint64_t whole = (uint64_t)got / ST_ENCRYPTED_CHUNK_SIZE;
+        if (run_chunks(job, w->pstate, w->readbuf, lo, lo + whole))
+            record_failure(job, lo + whole, ST_E_LENGTH, 0, 0);
+        return;
+    }
+    run_chunks(job, w->pstate, w->readbuf, lo, hi);
+}
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    span_job *job = w->job;
+    for (;;) {
+        uint64_t b = atomic_fetch_add_explicit(&job->next_batch, 1, memory_order_relaxed);
+        if (b >= job->nbatches)
+            break;
+        if (b * job->batch >= atomic_load_explicit(&job->fail_at, memory_order_relaxed))
+            continue; /* wholly above a recorded failure */
+        run_batch(job, w, b);
+    }
+    return NULL;
+}
+
+static int resolve_threads(int threads)
+{
+    if (threads <= 0)
+        threads = st_default_threads();
+    return threads > ST_MAX_THREADS ? ST_MAX_THREADS : threads;
+}
+
+/* Run the job; returns ST_OK or the code of the lowest failure (details in *status). */
+static int run_job(span_job *job, int provider, const uint8_t *key, int threads, st_status *status)
+{
+    int resolved = st_resolve_provider(provider);
+    if (resolved < 0)
+        return finish(status, ST_E_PROVIDER, -1, 0, 0);
+    job->ops = provider_ops(resolved);
+
+    threads = resolve_threads(threads);
+    uint64_t n = job->nchunks;
+    uint64_t max_batch = job->src || job->encrypt ? ST_MAX_BATCH : ST_MAX_FD_BATCH;
+    uint64_t batch;
+    int nworkers = 1;
+    if (threads > 1 && n >= ST_MIN_PARALLEL_CHUNKS) {
+        batch = (n + (uint64_t)threads * 8 - 1) / ((uint64_t)threads * 8);
+        if (batch < ST_MIN_BATCH)
+            batch = ST_MIN_BATCH;
+        if (batch > max_batch)
+            batch = max_batch;
+        uint64_t nbatches = (n + batch - 1) / batch;
+        nworkers = nbatches < (uint64_t)threads ? (int)nbatches : threads;
+    } else {
+        batch = max_batch;
+    }
+    job->batch = batch;
+    job->nbatches = (n + batch - 1) / batch;
+    atomic_init(&job->next_batch, 0);
+    atomic_init(&job->fail_at, UINT64_MAX);
+    job->fail_code = ST_OK;
+    job->fail_provider = 0;
+    job->fail_errno = 0;
+
+    unsigned long perr = 0;
+    void *keystate = NULL;
+    int rc = job->ops->key_new(key, &keystate, &perr);
+    if (rc != ST_OK)
+        return finish(status, rc, -1, perr, 0);
+
+    worker *workers = calloc((size_t)nworkers, sizeof *workers);
+    if (!workers) {
+        job->ops->key_free(keystate);
+        return finish(status, ST_E_NOMEM, -1, 0, 0);
+    }
+    size_t readbuf_len = 0;
+    if (!job->src && !job->encrypt)
+        readbuf_len = (size_t)batch * ST_ENCRYPTED_CHUNK_SIZE;
+    /* Set up every worker on this thread; if resources run out, go on with the ones that exist. */
+    int ready = 0;
+    rc = ST_OK;
+    for (int i = 0; i < nworkers; i++) {
+        workers[i].job = job;
+        rc = job->ops->worker_new(keystate, job->encrypt, &workers[i].pstate, &perr);
+        if (rc != ST_OK)
+            break;
+        if (readbuf_len && !(workers[i].readbuf = malloc(readbuf_len))) {
+            job->ops->worker_free(workers[i].pstate);
+            rc = ST_E_NOMEM;
+            break;
+        }
+        ready++;
+    }
+    if (ready == 0) {
+        free(workers);
+        job->ops->key_free(keystate);
+        return finish(status, rc, -1, perr, 0);
+    }
+
+    if (pthread_mutex_init(&job->lock, NULL) != 0) {
+        for (int i = 0; i < ready; i++) {
+            job->ops->worker_free(workers[i].pstate);
+            free(workers[i].readbuf);
+        }
+        free(workers);
+        job->ops->key_free(keystate);
+        return finish(status, ST_E_NOMEM, -1, 0, 0);
+    }
+
+    if (ready > 1) {
+        /* Helpers block every signal so that signals keep reaching the threads that expect them. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        for (int i = 1; i < ready; i++)
+            workers[i].started = pthread_create(&workers[i].thread, NULL, work, &workers[i]) == 0;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    work(&workers[0]); /* the caller works too, so the job finishes even if no helper started */
+    for (int i = 1; i < ready; i++)
+        if (workers[i].started)
+            pthread_join(workers[i].thread, NULL);
+
+    for (int i = 0; i < ready; i++) {
+        job->ops->worker_free(workers[i].pstate);
+        free(workers[i].readbuf);
+    }
+    free(workers);
+    job->ops->key_free(keystate);
+    pthread_mutex_destroy(&job->lock);
+
+    uint64_t failed = atomic_load(&job->fail_at);
+    if (failed == UINT64_MAX)
+        return finish(status, ST_OK, -1, 0, 0);
+    return finish(status, job->fail_code, (int64_t)(job->first_chunk + failed), job->fail_provider,
+                  job->fail_errno);
+}
+
+/* ---------------------------------------------------------------- length rules */
+
+/* The plaintext length of a ciphertext span, as _engine_api.span_plaintext_length; 0 if impossible. */
+static int span_plaintext_length(size_t ct_len, int final, size_t *plain)
+{
+    size_t full = ct_len / ST_ENCRYPTED_CHUNK_SIZE;
+    size_t rem = ct_len % ST_ENCRYPTED_CHUNK_SIZE;
+    if (final) {
+        if (rem < ST_TAG_SIZE)
+            return 0;
+        *plain = ct_len - (full + 1) * ST_TAG_SIZE;
+        return 1;
+    }
+    if (rem)
+        return 0;
+    *plain = full * ST_CHUNK_SIZE;
+    return 1;
+}
+
+static int counter_range_ok(uint64_t first_chunk, uint64_t count)
+{
+    uint64_t end;
+    return st_add_u64(first_chunk, count, &end) && end <= ST_MAX_CHUNKS;
+}
+
+static int decrypt_common(span_job *job, int provider, const uint8_t *key, const uint8_t *base_nonce,
+                          uint64_t first_chunk, size_t src_len, uint8_t *dst, size_t dst_len,
+                          int final, int threads, st_status *status)
+{
+    if (!key || !base_nonce || (dst_len && !dst) || threads < 0)
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    size_t plain;
+    if (!span_plaintext_length(src_len, final, &plain)) {
+        uint64_t at = first_chunk + src_len / ST_ENCRYPTED_CHUNK_SIZE;
+        st_wipe(dst, dst_len);
+        return finish(status, ST_E_LENGTH, at > INT64_MAX ? INT64_MAX : (int64_t)at, 0, 0);
+    }
+    if (dst_len != plain)
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    uint64_t count = plain / ST_CHUNK_SIZE + (final ? 1 : 0);
+    if (!counter_range_ok(first_chunk, count))
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    if (count == 0)
+        return finish(status, ST_OK, -1, 0, 0);
+
+    job->encrypt = 0;
+    memcpy(job->base_nonce, base_nonce, ST_NONCE_SIZE);
+    job->first_chunk = first_chunk;
+    job->nchunks = count;
+    job->last_len = final ? plain % ST_CHUNK_SIZE : ST_CHUNK_SIZE;
+    job->dst = dst;
+    job->src_len = src_len;
+    int rc = run_job(job, provider, key, threads, status);
+    if (rc != ST_OK)
+        st_wipe(dst, dst_len); /* no unauthenticated plaintext escapes */
+    return rc;
+}
+
+static int ranges_overlap(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
+    return alen && blen && a0 < b0 + blen && b0 < a0 + alen;
+}
+
+int st_decrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
+                        uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
+                        size_t dst_len, int final, int threads, st_status *status)
+{
+    span_job job;
+    memset(&job, 0, sizeof job);
+    if ((src_len && !src) || ranges_overlap(src, src_len, dst, dst_len))
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    job.src = src ? src : (const uint8_t *)"";
+    job.fd = -1;
+    return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len, final,
+                          threads, status);
+}
+
+int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_nonce,
+                       uint64_t first_chunk, int fd, int64_t file_offset, size_t src_len,
+                       uint8_t *dst, size_t dst_len, int final, int threads, st_status *status)
+{
+    span_job job;
+    memset(&job, 0, sizeof job);
+    job.src = NULL;
+    job.fd = fd;
+    job.file_offset = file_offset;
+    uint64_t end;
+    if (file_offset < 0 || !st_add_u64((uint64_t)file_offset, src_len, &end) || end > INT64_MAX) {
+        /* pread would fail with EINVAL: report it the way a read error is reported */
+        if (!key || !base_nonce || (dst_len && !dst) || threads < 0)
+            return finish(status, ST_E_ARG, -1, 0, 0);
+        size_t plain;
+        if (span_plaintext_length(src_len, final, &plain) && plain == dst_len) {
+            st_wipe(dst, dst_len);
+            return finish(status, ST_E_IO, (int64_t)first_chunk, 0, EINVAL);
+        }
+    }
+    return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len, final,
+                          threads, status);
+}
+
+int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
+                        uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
+                        size_t dst_len, int final, int threads, st_status *status)
+{
+    if (!key || !base_nonce || (src_len && !src) || (dst_len && !dst) || threads < 0 ||
+        ranges_overlap(src, src_len, dst, dst_len))
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    if (!final && src_len % ST_CHUNK_SIZE)
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    uint64_t count = src_len / ST_CHUNK_SIZE + (final ? 1 : 0);
+    uint64_t tags, expected;
+    if (!st_mul_u64(count, ST_TAG_SIZE, &tags) || !st_add_u64(src_len, tags, &expected) ||
+        expected != dst_len)
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    if (!counter_range_ok(first_chunk, count))
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    if (count == 0)
+        return finish(status, ST_OK, -1, 0, 0);
+
+    span_job job;
+    memset(&job, 0, sizeof job);
+    job.encrypt = 1;
+    memcpy(job.base_nonce, base_nonce, ST_NONCE_SIZE);
+    job.first_chunk = first_chunk;
+    job.nchunks = count;
+    job.last_len = final ? src_len % ST_CHUNK_SIZE : ST_CHUNK_SIZE;
+    job.src = src ? src : (const uint8_t *)"";
+    job.dst = dst;
+    job.fd = -1;
+    job.src_len = src_len;
+    int rc = run_job(&job, provider, key, threads, status);
+    if (rc != ST_OK)
+        st_wipe(dst, dst_len);
+    return rc;
+}

@@ -1,0 +1,90 @@
+/*
+ * sealtensors chunk engine: AES-256-GCM over spans of a C2SP chunked message.
+ *
+ * Pure C, no Python.h. Every entry point returns a status code (ST_OK or one of ST_E_*) and, when
+ * `status` is not NULL, fills it. Functions are thread safe; concurrent calls share nothing but
+ * read-only provider state initialised once.
+ */
+#ifndef SEALTENSORS_H
+#define SEALTENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ST_KEY_SIZE 32
+#define ST_NONCE_SIZE 12
+#define ST_TAG_SIZE 16
+#define ST_CHUNK_SIZE 16384
+#define ST_ENCRYPTED_CHUNK_SIZE (ST_CHUNK_SIZE + ST_TAG_SIZE)
+#define ST_MAX_CHUNKS (UINT64_C(1) << 38)
+
+/* Status codes. */
+#define ST_OK 0
+#define ST_E_AUTH 1     /* a chunk's tag did not verify */
+#define ST_E_LENGTH 2   /* impossible span length, or the file ended inside the span */
+#define ST_E_ARG 3      /* bad argument (sizes that do not match, counter out of range, ...) */
+#define ST_E_IO 4       /* pread failed; status->sys_errno holds errno */
+#define ST_E_NOMEM 5    /* an allocation failed */
+#define ST_E_PROVIDER 6 /* the AES provider is unavailable or failed; provider_error holds ERR code */
+#define ST_E_VERSION 7  /* st_check_version: the compiled engine belongs to another package version */
+
+/* AES providers. */
+#define ST_PROVIDER_AUTO 0    /* ipsec-mb when compiled in and usable on this CPU, else OpenSSL */
+#define ST_PROVIDER_IPSECMB 1
+#define ST_PROVIDER_OPENSSL 2
+
+typedef struct st_status {
+    int code;                      /* same as the return value */
+    int64_t chunk_index;           /* lowest failing absolute chunk counter, -1 if none */
+    unsigned long provider_error;  /* OpenSSL ERR_get_error() code, or 0 */
+    int sys_errno;                 /* errno for ST_E_IO, or 0 */
+} st_status;
+
+/* Decrypt the span `src` (ciphertext chunks) into `dst` (exactly the span's plaintext). On any
+ * failure all of `dst` is wiped. `src` and `dst` must not overlap. threads = 0: the default. */
+int st_decrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
+                        uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
+                        size_t dst_len, int final, int threads, st_status *status);
+
+/* Same, reading the `src_len` ciphertext bytes at `file_offset` of `fd` with pread (the file
+ * position is untouched). A file that ends early is ST_E_LENGTH at the chunk where data ran out,
+ * unless a lower chunk fails authentication. */
+int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_nonce,
+                       uint64_t first_chunk, int fd, int64_t file_offset, size_t src_len,
+                       uint8_t *dst, size_t dst_len, int final, int threads, st_status *status);
+
+/* Encrypt the plaintext `src` into `dst` (exactly the span's ciphertext length). */
+int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
+                        uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
+                        size_t dst_len, int final, int threads, st_status *status);
+
+size_t st_key_size(void);
+size_t st_nonce_size(void);
+size_t st_tag_size(void);
+size_t st_chunk_size(void);
+uint64_t st_max_chunks(void);
+
+const char *st_version(void);
+int st_check_version(const char *expected); /* ST_OK or ST_E_VERSION */
+
+int st_provider_available(int provider);     /* 1 or 0 */
+int st_resolve_provider(int provider);       /* the concrete provider AUTO maps to, -1 if none */
+const char *st_provider_name(int provider);  /* "ipsecmb", "openssl"; NULL for unknown */
+const char *st_provider_cpu_path(int provider);
+int st_default_threads(void);
+const char *st_status_message(int code);
+
+/* Memory helpers for the loader. */
+void st_wipe(void *ptr, size_t len);
+int st_lock_memory(void *ptr, size_t len);   /* 0 or errno */
+int st_unlock_memory(void *ptr, size_t len); /* 0 or errno */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

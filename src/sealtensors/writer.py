@@ -1,0 +1,117 @@
+"""Writing sealed files: one pass, memory bounded by one span of plaintext whatever the model size."""
+
+from __future__ import annotations
+
+import secrets
+from typing import BinaryIO, Callable, Iterable
+
+from . import _backends, chunked, container
+from ._engine_api import span_ciphertext_length
+from .index import TensorIndex, serialize
+from .keys import as_keys
+
+# Plaintext encrypted per engine call: a whole number of chunks, large enough for the C engine's
+# threads to share, small enough to keep sealing memory flat.
+SPAN_BYTES = 1024 * chunked.CHUNK_SIZE
+
+ProgressCallback = Callable[[int], None]
+
+
+def _dedupe(keys: list[bytes]) -> list[bytes]:
+    unique = []
+    for key in keys:
+        if key not in unique:
+            unique.append(key)
+    return unique
+
+
+class _DataEncryptor:
+    """Accumulates the data section's plaintext and writes it out as encrypted spans."""
+
+    def __init__(self, out: BinaryIO, keys: chunked.MessageKeys, threads: int,
+                 progress: ProgressCallback | None) -> None:
+        self._out = out
+        self._keys = keys
+        self._threads = threads
+        self._progress = progress
+        self._plain = bytearray(SPAN_BYTES)
+        self._cipher = bytearray(chunked.ENCRYPTED_CHUNK_SIZE * (SPAN_BYTES // chunked.CHUNK_SIZE + 1))
+        self._fill = 0
+        self._next_chunk = 0
+        self.written = 0
+
+    def write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(len(view), SPAN_BYTES - self._fill)
+            self._plain[self._fill:self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == SPAN_BYTES:
+                self._flush(final=False)
+
+    @property
+    def position(self) -> int:
+        """Plaintext bytes taken so far."""
+        return self.written + self._fill
+
+    def pad_to(self, position: int) -> None:
+        gap = position - self.position
+        if gap < 0:
+            raise AssertionError("tensor data overran its offsets")
+        if gap:
+            self.write(bytes(gap))
+
+    def _flush(self, final: bool) -> None:
+        plain = memoryview(self._plain)[:self._fill]
+        length = span_ciphertext_length(self._fill, final)
+        cipher = memoryview(self._cipher)[:length]
+        _backends.engine().encrypt_span(self._keys.aead_key, self._keys.base_nonce,
+                                        self._next_chunk, plain, cipher, final=final,
+                                        threads=self._threads)
+        self._out.write(cipher)
+        self._next_chunk += self._fill // chunked.CHUNK_SIZE
+        self.written += self._fill
+        self._fill = 0
+        if self._progress is not None:
+            self._progress(self.written)
+
+    def finish(self) -> None:
+        self._flush(final=True)
+        # Plaintext of the last span must not linger in a buffer we drop.
+        self._plain[:] = bytes(len(self._plain))
+
+
+def write_sealed(out: BinaryIO, index: TensorIndex, tensor_data: Iterable[Iterable],
+                 keys, *, threads: int = 0, progress: ProgressCallback | None = None) -> None:
+    """Write a complete sealed file to ``out``.
+
+    ``tensor_data`` yields, for each tensor of ``index`` in order, an iterable of bytes-like pieces
+    whose lengths add up to that tensor's byte length. ``keys`` are the recipients (one or more).
+    """
+    recipients = _dedupe(as_keys(keys))
+    data_key = secrets.token_bytes(chunked.KEY_SIZE)
+    file_id = secrets.token_bytes(16)
+    index_plaintext = serialize(index)
+    index_message = chunked.encrypt(data_key, index_plaintext, container.index_context(file_id))
+    data_message_length = chunked.ciphertext_length(index.data_length)
+    slots = [container.wrap_key(key, data_key, file_id) for key in recipients]
+    out.write(container.build(file_id, len(index_message), data_message_length, slots, data_key))
+    out.write(index_message)
+    data_header, data_keys = chunked.new_message(
+        data_key, container.data_context(file_id, index_plaintext))
+    out.write(data_header)
+    encryptor = _DataEncryptor(out, data_keys, threads, progress)
+    sources = iter(tensor_data)
+    for info in index.tensors:
+        encryptor.pad_to(info.begin)
+        try:
+            pieces = next(sources)
+        except StopIteration:
+            raise ValueError("fewer tensor sources than tensors in the index") from None
+        start = encryptor.position
+        for piece in pieces:
+            encryptor.write(piece)
+        if encryptor.position - start != info.nbytes:
+            raise ValueError(f"tensor {info.name!r}: source gave the wrong number of bytes")
+    encryptor.finish()
