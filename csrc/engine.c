@@ -222,7 +222,8 @@ static inline size_t chunk_plain_len(const span_job *job, uint64_t rel)
     return rel + 1 == job->nchunks ? job->last_len : ST_CHUNK_SIZE;
 }
 
-/* Process chunks [lo, hi) whose ciphertext starts at `ct` (chunk lo's first byte). Returns 0 after
+/* Process chunks [lo, hi); when decrypting, their ciphertext starts at `ct` (chunk lo's first byte,
+ * NULL when encrypting). Returns 0 after
  * recording a failure, 1 when all chunks succeeded. */
 static int run_chunks(span_job *job, void *pstate, const uint8_t *ct, uint64_t lo, uint64_t hi)
 {
@@ -273,7 +274,11 @@ static void run_batch(span_job *job, worker *w, uint64_t b)
 {
     uint64_t lo = b * job->batch;
     uint64_t hi = lo + job->batch < job->nchunks ? lo + job->batch : job->nchunks;
-    if (job->encrypt || job->src) {
+    if (job->encrypt) {
+        run_chunks(job, w->pstate, NULL, lo, hi);
+        return;
+    }
+    if (job->src) {
         run_chunks(job, w->pstate, job->src + lo * ST_ENCRYPTED_CHUNK_SIZE, lo, hi);
         return;
     }
@@ -477,7 +482,13 @@ static int decrypt_common(span_job *job, int provider, const uint8_t *key, const
     job->last_len = final ? plain % ST_CHUNK_SIZE : ST_CHUNK_SIZE;
     job->dst = dst;
     job->src_len = src_len;
-    int rc = run_job(job, provider, key, threads, status);
+    int rc;
+    uint64_t end;
+    if (!job->src && (job->file_offset < 0 ||
+                      !st_add_u64((uint64_t)job->file_offset, src_len, &end) || end > INT64_MAX))
+        rc = finish(status, ST_E_IO, (int64_t)first_chunk, 0, EINVAL); /* as pread would fail */
+    else
+        rc = run_job(job, provider, key, threads, status);
     if (rc != ST_OK)
         st_wipe(dst, dst_len); /* no unauthenticated plaintext escapes */
     return rc;
@@ -512,17 +523,6 @@ int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_non
     job.src = NULL;
     job.fd = fd;
     job.file_offset = file_offset;
-    uint64_t end;
-    if (file_offset < 0 || !st_add_u64((uint64_t)file_offset, src_len, &end) || end > INT64_MAX) {
-        /* pread would fail with EINVAL: report it the way a read error is reported */
-        if (!key || !base_nonce || (dst_len && !dst) || threads < 0)
-            return finish(status, ST_E_ARG, -1, 0, 0);
-        size_t plain;
-        if (span_plaintext_length(src_len, final, &plain) && plain == dst_len) {
-            st_wipe(dst, dst_len);
-            return finish(status, ST_E_IO, (int64_t)first_chunk, 0, EINVAL);
-        }
-    }
     return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len, final,
                           threads, status);
 }

@@ -1,0 +1,215 @@
+"""The C engine: AES-256-GCM over chunk spans in ``sealtensors._native`` (csrc/), with the GIL released.
+
+Arguments are checked here first with :func:`~sealtensors._engine_api.validate_span`, so messages and
+exception types match the Python engine; the C code checks them again. Every C entry point returns a
+status code; this module turns it into the exception the Python engine would raise:
+
+- authentication failure or a truncated span -> :class:`IntegrityError` with ``chunk_index`` (the
+  lowest failing chunk, whatever the thread timing), the destination wiped;
+- bad argument -> ``ValueError``; read failure -> ``OSError``; allocation failure -> ``MemoryError``;
+  provider failure -> :class:`BackendError`.
+
+AES provider: ``CEngine(provider=...)`` or ``SEALTENSORS_AES=auto|ipsecmb|openssl`` (default
+``auto``: intel-ipsec-mb when it was compiled in and this CPU can run it, else OpenSSL).
+
+Importing fails with ImportError when the compiled module belongs to another package version, so
+``SEALTENSORS_BACKEND=auto`` falls back to Python and ``=c`` fails loudly.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from . import _version
+from ._engine_api import (
+    CHUNK_SIZE,
+    KEY_SIZE,
+    MAX_CHUNKS,
+    NONCE_SIZE,
+    TAG_SIZE,
+    validate_span,
+)
+from .errors import BackendError, IntegrityError
+
+try:
+    from ._native import ffi, lib
+except ImportError as exc:  # not built: the auto backend falls back to Python
+    raise ImportError(f"sealtensors C engine not built: {exc}") from exc
+
+if lib.st_check_version(_version.__version__.encode()) != lib.ST_OK:
+    raise ImportError(
+        f"sealtensors._native was built for version {ffi.string(lib.st_version()).decode()}, "
+        f"the package is {_version.__version__}: rebuild it (pip install -e .)"
+    )
+if (lib.st_key_size(), lib.st_nonce_size(), lib.st_tag_size(), lib.st_chunk_size(),
+        lib.st_max_chunks()) != (KEY_SIZE, NONCE_SIZE, TAG_SIZE, CHUNK_SIZE, MAX_CHUNKS):
+    raise ImportError("sealtensors._native disagrees with _engine_api on the chunk geometry")
+
+PROVIDERS = {"ipsecmb": lib.ST_PROVIDER_IPSECMB, "openssl": lib.ST_PROVIDER_OPENSSL}
+_PROVIDER_NAMES = {value: name for name, value in PROVIDERS.items()}
+PROVIDER_CHOICES = ("auto", *PROVIDERS)
+
+__all__ = ["CEngine", "available_providers", "wipe", "lock_memory", "unlock_memory",
+           "default_threads"]
+
+
+def available_providers() -> list[str]:
+    """The AES providers this build can use on this CPU, preferred first."""
+    return [name for name, value in PROVIDERS.items() if lib.st_provider_available(value)]
+
+
+def default_threads() -> int:
+    """Threads a call with ``threads=0`` uses: ``SEALTENSORS_THREADS`` or the CPUs this process may use."""
+    return lib.st_default_threads()
+
+
+def _address(buffer, writable: bool):
+    return ffi.from_buffer("uint8_t[]", buffer, require_writable=writable)
+
+
+def wipe(buffer) -> None:
+    """Overwrite a writable buffer with zeros in a way the compiler cannot optimise away."""
+    view = memoryview(buffer)
+    if view.nbytes:
+        lib.st_wipe(_address(buffer, True), view.nbytes)
+
+
+def lock_memory(buffer) -> int:
+    """mlock the buffer's pages; returns 0 or the errno (e.g. ENOMEM / EPERM over the memlock limit)."""
+    view = memoryview(buffer)
+    return lib.st_lock_memory(_address(buffer, False), view.nbytes) if view.nbytes else 0
+
+
+def unlock_memory(buffer) -> int:
+    """munlock the buffer's pages; returns 0 or the errno."""
+    view = memoryview(buffer)
+    return lib.st_unlock_memory(_address(buffer, False), view.nbytes) if view.nbytes else 0
+
+
+def _resolve_provider(provider: str | None) -> int:
+    choice = provider if provider is not None else os.environ.get("SEALTENSORS_AES", "auto")
+    choice = choice.strip().lower() or "auto"
+    if choice not in PROVIDER_CHOICES:
+        raise BackendError(f"AES provider {choice!r} is not one of {', '.join(PROVIDER_CHOICES)}")
+    wanted = lib.ST_PROVIDER_AUTO if choice == "auto" else PROVIDERS[choice]
+    resolved = lib.st_resolve_provider(wanted)
+    if resolved < 0:
+        raise BackendError(f"AES provider {choice!r} is unavailable in this build or on this CPU "
+                           f"(available: {', '.join(available_providers()) or 'none'})")
+    return resolved
+
+
+def _nbytes(buffer) -> int:
+    return memoryview(buffer).nbytes
+
+
+def _check_threads(threads: int) -> int:
+    threads = int(threads)
+    if threads < 0:
+        raise ValueError("threads must be >= 0 (0 = default)")
+    return min(threads, 1 << 16)
+
+
+class CEngine:
+    """AES-256-GCM chunk engine in C. Thread safe: one instance may serve concurrent calls.
+
+    ``threads`` = 0 uses :func:`default_threads`; small spans always run on the calling thread.
+    Buffers are passed zero-copy; ``src`` and ``dst`` must not overlap and must stay alive and
+    unmodified for the duration of the call (the GIL is released while C runs).
+    """
+
+    name = "c"
+
+    def __init__(self, provider: str | None = None) -> None:
+        self._provider = _resolve_provider(provider)
+        self.provider = _PROVIDER_NAMES[self._provider]
+
+    def info(self) -> dict:
+        return {
+            "backend": "c",
+            "provider": self.provider,
+            "cpu_path": ffi.string(lib.st_provider_cpu_path(self._provider)).decode(),
+            "threads": lib.st_default_threads(),
+        }
+
+    def __repr__(self) -> str:
+        return f"CEngine(provider={self.provider!r})"
+
+    # -- errors -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _raise(status, fd_read: bool = False) -> None:
+        code = status.code
+        index = status.chunk_index if status.chunk_index >= 0 else None
+        if code == lib.ST_E_AUTH:
+            raise IntegrityError("chunk failed authentication", chunk_index=index)
+        if code == lib.ST_E_LENGTH:
+            if fd_read:
+                raise IntegrityError("file ended inside a chunk (truncated)", chunk_index=index)
+            raise IntegrityError("ciphertext span has an impossible length (truncated or extended)",
+                                 chunk_index=index)
+        if code == lib.ST_E_IO:
+            number = status.sys_errno or _errno.EIO
+            raise OSError(number, os.strerror(number))
+        if code == lib.ST_E_NOMEM:
+            raise MemoryError("sealtensors C engine: out of memory")
+        if code == lib.ST_E_PROVIDER:
+            detail = f" (OpenSSL error 0x{status.provider_error:x})" if status.provider_error else ""
+            raise BackendError(f"AES provider failed{detail}")
+        if code == lib.ST_E_ARG:
+            raise ValueError("sealtensors C engine rejected the arguments")
+        raise BackendError(f"sealtensors C engine: unexpected status {code}")
+
+    # -- engine protocol --------------------------------------------------------------------
+
+    def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        threads = _check_threads(threads)
+        src_len, dst_len = _nbytes(src), _nbytes(dst)
+        validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
+                      decrypting=False)
+        target = _address(dst, True)
+        status = ffi.new("st_status *")
+        rc = lib.st_encrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
+                                     _address(src, False), src_len, target, dst_len, bool(final),
+                                     threads, status)
+        if rc != lib.ST_OK:
+            self._raise(status)
+
+    def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        threads = _check_threads(threads)
+        src_len, dst_len = _nbytes(src), _nbytes(dst)
+        target = _address(dst, True)
+        try:
+            validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
+                          decrypting=True)
+        except IntegrityError:
+            lib.st_wipe(target, dst_len)
+            raise
+        status = ffi.new("st_status *")
+        rc = lib.st_decrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
+                                     _address(src, False), src_len, target, dst_len, bool(final),
+                                     threads, status)
+        if rc != lib.ST_OK:
+            self._raise(status)
+
+    def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
+                        final, threads=0):
+        threads = _check_threads(threads)
+        dst_len = _nbytes(dst)
+        target = _address(dst, True)
+        try:
+            validate_span(aead_key, base_nonce, first_chunk, length, dst_len, final=final,
+                          decrypting=True)
+        except IntegrityError:
+            lib.st_wipe(target, dst_len)
+            raise
+        if length and (offset < 0 or offset + length > (1 << 63) - 1):
+            lib.st_wipe(target, dst_len)
+            raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
+        status = ffi.new("st_status *")
+        rc = lib.st_decrypt_span_fd(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
+                                    int(fd), offset, length, target, dst_len, bool(final), threads,
+                                    status)
+        if rc != lib.ST_OK:
+            self._raise(status, fd_read=True)
