@@ -13,6 +13,9 @@ from .errors import (
     UnsupportedFormatError,
     WrongKeyError,
 )
+from .api import engine_info, inspect, rewrap, seal_file, unseal_file, verify
+from .keys import generate_key, key_id, read_key_file, write_key_file
+from .safe_open import safe_open
 
 
 def __getattr__(name: str):
@@ -27,6 +30,17 @@ def __getattr__(name: str):
 __all__ = [
     "__version__",
     "backend",
+    "safe_open",
+    "seal_file",
+    "unseal_file",
+    "rewrap",
+    "inspect",
+    "verify",
+    "engine_info",
+    "generate_key",
+    "key_id",
+    "read_key_file",
+    "write_key_file",
     "SealError",
     "FormatError",
     "UnsupportedFormatError",

@@ -1,0 +1,136 @@
+"""Reading and writing plain ``.safetensors`` files, streaming, for seal_file / unseal_file.
+
+The safetensors layout: an 8-byte little-endian header length N, N bytes of JSON, then the tensor
+bytes, which the header's ``data_offsets`` (relative to the end of the header) must cover exactly.
+The source is treated as hostile input: lengths are capped and every entry is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import BinaryIO, Iterator
+
+from .dtypes import item_size
+from .errors import FormatError
+from .index import MAX_INDEX_BYTES, TensorIndex, tensor_nbytes
+
+READ_PIECE = 16 * 1024 * 1024
+
+
+class PlainTensor:
+    __slots__ = ("name", "dtype", "shape", "begin", "end")
+
+    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> None:
+        self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
+
+
+def _no_duplicates(pairs):
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise FormatError(f"duplicate key {key!r} in the safetensors header")
+        result[key] = value
+    return result
+
+
+def read_header(fd: int) -> tuple[list[PlainTensor], dict[str, str] | None, int]:
+    """Parse a safetensors header; returns (tensors sorted by offset, metadata, data start)."""
+    size = os.fstat(fd).st_size
+    prefix = os.pread(fd, 8, 0)
+    if len(prefix) != 8:
+        raise FormatError("not a safetensors file (shorter than 8 bytes)")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_INDEX_BYTES or 8 + header_len > size:
+        raise FormatError(f"safetensors header length {header_len} is impossible for this file")
+    raw = os.pread(fd, header_len, 8)
+    try:
+        document = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"safetensors header is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise FormatError("safetensors header must be a JSON object")
+    metadata = document.pop("__metadata__", None)
+    if metadata is not None and (not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise FormatError("safetensors __metadata__ must map strings to strings")
+    data_start = 8 + header_len
+    data_size = size - data_start
+    tensors = []
+    for name, entry in document.items():
+        if not isinstance(entry, dict):
+            raise FormatError(f"safetensors entry {name!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise FormatError(f"tensor {name!r}: dtype must be a string")
+        item_size(dtype)  # raises FormatError for dtypes sealtensors cannot hold
+        if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
+            raise FormatError(f"tensor {name!r}: bad shape")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or any(type(v) is not int for v in offsets)):
+            raise FormatError(f"tensor {name!r}: bad data_offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size or end - begin != tensor_nbytes(dtype, shape):
+            raise FormatError(f"tensor {name!r}: data_offsets do not match its dtype and shape "
+                              "or run past the file")
+        tensors.append(PlainTensor(name, dtype, tuple(shape), begin, end))
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    position = 0
+    for tensor in tensors:
+        if tensor.begin != position:
+            raise FormatError("safetensors data has gaps or overlapping tensors")
+        position = tensor.end
+    if position != data_size:
+        raise FormatError("safetensors file has bytes after its last tensor")
+    return tensors, metadata, data_start
+
+
+def tensor_pieces(fd: int, data_start: int, tensor: PlainTensor) -> Iterator[bytes]:
+    """The tensor's bytes read in bounded pieces with pread."""
+    position = data_start + tensor.begin
+    remaining = tensor.end - tensor.begin
+    while remaining:
+        piece = os.pread(fd, min(remaining, READ_PIECE), position)
+        if not piece:
+            raise FormatError("safetensors file changed size while being read")
+        position += len(piece)
+        remaining -= len(piece)
+        yield piece
+
+
+def header_for(index: TensorIndex) -> bytes:
+    """A safetensors header (length prefix included) for ``index``'s tensors, packed contiguously
+    in index order; padded with spaces to a multiple of 8 bytes as safetensors writes it."""
+    document: dict = {}
+    if index.metadata is not None:
+        document["__metadata__"] = index.metadata
+    position = 0
+    for info in index.tensors:
+        document[info.name] = {"dtype": info.dtype, "shape": list(info.shape),
+                               "data_offsets": [position, position + info.nbytes]}
+        position += info.nbytes
+    encoded = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def write_unpadded(out: BinaryIO, index: TensorIndex, spans: Iterator[memoryview]) -> None:
+    """Copy the tensor bytes out of the sealed data's plaintext spans, dropping alignment padding."""
+    tensors = list(index.tensors)
+    current = 0
+    span_start = 0
+    for span in spans:
+        span_end = span_start + len(span)
+        while current < len(tensors):
+            info = tensors[current]
+            lo, hi = max(info.begin, span_start), min(info.end, span_end)
+            if hi > lo:
+                out.write(span[lo - span_start:hi - span_start])
+            if info.end <= span_end:
+                current += 1
+            else:
+                break
+        span_start = span_end

@@ -1,0 +1,149 @@
+"""The PyTorch API, shaped like ``safetensors.torch``: save, save_file, load, load_file.
+
+torch is optional: importing this module without torch installed raises ImportError. Tensors are
+loaded as views into one plaintext buffer (no second copy); ``device`` must be "cpu" for now.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from . import _memory
+from ._atomic import atomic_output
+from .index import TensorIndex, layout
+from .reader import SealedReader
+from .writer import write_sealed
+
+__all__ = ["save", "save_file", "load", "load_file"]
+
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "U16": torch.uint16,
+    "I16": torch.int16,
+    "U32": torch.uint32,
+    "I32": torch.int32,
+    "U64": torch.uint64,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+if hasattr(torch, "float8_e8m0fnu"):
+    _TORCH_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+_NAME_OF_TORCH = {dtype: name for name, dtype in _TORCH_DTYPES.items()}
+
+
+def check_device(device) -> None:
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"device {device!r} is not supported yet: load to 'cpu' (optionally with "
+                         "pin_memory=True) and move the tensors")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name} has no torch equivalent") from None
+
+
+def numpy_to_torch(array: np.ndarray, dtype_name: str, device: str = "cpu") -> torch.Tensor:
+    """A torch tensor sharing ``array``'s memory where possible (a copy for non-contiguous input)."""
+    check_device(device)
+    array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    shape = array.shape
+    flat = array.reshape(-1).view(np.uint8)
+    tensor = torch.from_numpy(flat) if flat.size else torch.empty(0, dtype=torch.uint8)
+    return tensor.view(torch_dtype(dtype_name)).reshape(shape)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    tensor = tensor.contiguous()
+    if tensor.numel() == 0:
+        return np.empty(0, dtype=np.uint8)
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
+def _plan(tensors: Mapping[str, torch.Tensor], metadata) -> tuple[TensorIndex, list[np.ndarray]]:
+    if not isinstance(tensors, Mapping):
+        raise TypeError("tensors must be a mapping of names to torch tensors")
+    entries, sources = [], {}
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name!r} is not a torch.Tensor")
+        if tensor.layout != torch.strided:
+            raise ValueError(f"{name!r}: only dense (strided) tensors can be saved")
+        try:
+            dtype_name = _NAME_OF_TORCH[tensor.dtype]
+        except KeyError:
+            raise ValueError(f"{name!r}: dtype {tensor.dtype} cannot be stored") from None
+        entries.append((name, dtype_name, tuple(tensor.shape)))
+        sources[name] = tensor
+    index = layout(entries, metadata)
+    return index, [_tensor_bytes(sources[info.name]) for info in index.tensors]
+
+
+def save(tensors: Mapping[str, torch.Tensor], key, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Seal ``tensors`` into bytes for the recipient(s) ``key``."""
+    index, raw = _plan(tensors, metadata)
+    out = io.BytesIO()
+    write_sealed(out, index, ((piece,) for piece in raw), key)
+    return out.getvalue()
+
+
+def save_file(tensors: Mapping[str, torch.Tensor], filename: str | os.PathLike, key,
+              metadata: Mapping[str, str] | None = None, *, overwrite: bool = False) -> None:
+    """Seal ``tensors`` to ``filename`` atomically; refuses to replace a file unless ``overwrite``."""
+    index, raw = _plan(tensors, metadata)
+    with atomic_output(filename, overwrite=overwrite) as out:
+        write_sealed(out, index, ((piece,) for piece in raw), key)
+
+
+def _pinned_buffer(nbytes: int) -> np.ndarray:
+    if torch.cuda.is_available():
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
+    return _memory.allocate(nbytes, pin=True)
+
+
+def _load_all(reader: SealedReader, device: str, pin_memory: bool) -> dict[str, torch.Tensor]:
+    check_device(device)
+    if pin_memory:
+        buffer = _pinned_buffer(reader.data_length)
+    else:
+        buffer = _memory.allocate(reader.data_length)
+    reader.read_all_into(buffer)
+    result = {}
+    for info in reader.index.tensors:
+        raw = buffer[info.begin:info.end]
+        tensor = torch.from_numpy(raw) if info.nbytes else torch.empty(0, dtype=torch.uint8)
+        result[info.name] = tensor.view(torch_dtype(info.dtype)).reshape(info.shape)
+    return result
+
+
+def load(data: bytes, key, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Open sealed ``data`` with ``key``; returns {name: tensor}."""
+    with SealedReader.from_bytes(data, key) as reader:
+        return _load_all(reader, device, pin_memory=False)
+
+
+def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
+              pin_memory: bool = False) -> dict[str, torch.Tensor]:
+    """Decrypt and authenticate a sealed file; returns {name: tensor}, all views of one buffer.
+
+    ``pin_memory=True``: page-locked memory (torch's pinned allocator when CUDA is available,
+    otherwise mlock, with a PinningWarning when the memlock limit refuses)."""
+    with SealedReader.open(filename, key) as reader:
+        return _load_all(reader, device, pin_memory)
