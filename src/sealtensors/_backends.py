@@ -18,24 +18,24 @@ _lock = threading.Lock()
 _current = None
 
 
-def _load_c_engine():
+def _load_c_engine(provider: str | None = None):
     from ._cengine import CEngine  # noqa: PLC0415 - optional compiled module
 
-    return CEngine()
+    return CEngine(provider)
 
 
-def _load(choice: str):
+def _load(choice: str, provider: str | None = None):
     from ._pyengine import PythonEngine
 
     if choice == "python":
         return PythonEngine()
     if choice == "c":
         try:
-            return _load_c_engine()
+            return _load_c_engine(provider)
         except ImportError as exc:
             raise BackendError(f"SEALTENSORS_BACKEND=c but the C engine is unavailable: {exc}") from exc
     try:
-        return _load_c_engine()
+        return _load_c_engine(provider)
     except ImportError:
         return PythonEngine()
 
@@ -61,8 +61,11 @@ def engine():
     return current
 
 
-def use(choice: str):
+def use(choice: str, provider: str | None = None):
     """Switch engines at run time (``auto``, ``c`` or ``python``); returns the new engine.
+
+    ``provider`` picks the C engine's AES provider (``ipsecmb``, ``openssl``, ``auto``); None reads
+    ``SEALTENSORS_AES``.
 
     Meant for tests and benchmarks; a serving process normally sets the environment variable once.
     """
@@ -70,7 +73,7 @@ def use(choice: str):
     choice = choice.strip().lower()
     if choice not in VALID_CHOICES:
         raise BackendError(f"backend {choice!r} is not one of {', '.join(VALID_CHOICES)}")
-    new = _load(choice)
+    new = _load(choice, provider)
     with _lock:
         _current = new
     return new
