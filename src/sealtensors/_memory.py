@@ -1,9 +1,11 @@
 """Destination memory for decrypted tensors.
 
 One anonymous mapping per load: page-aligned, transparent huge pages requested, excluded from core
-dumps, and not touched here, so the decrypting threads fault it in themselves. With ``pin=True`` the
-pages are also locked (mlock) so they can be uploaded to a GPU without staging; if the memlock limit
-refuses, a warning is issued and the memory stays unlocked.
+dumps, and not touched here, so the decrypting threads fault it in themselves. The mapping is owned
+by a small holder object that every returned array (and torch tensor) keeps alive through its base;
+when the last view is gone the holder zeroes the plaintext and unmaps it. With ``pin=True`` the pages
+are also locked (mlock), so they can go to a GPU without staging; if the memlock limit refuses, a
+PinningWarning is issued and the memory stays unlocked.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ctypes
 import ctypes.util
 import mmap
 import warnings
+import weakref
 
 import numpy as np
 
@@ -20,47 +23,73 @@ class PinningWarning(UserWarning):
     """Page-locking the plaintext buffer was refused (usually RLIMIT_MEMLOCK); it is unpinned."""
 
 
-_libc = None
+_PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
+_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_ADVICE = [getattr(mmap, name) for name in ("MADV_HUGEPAGE", "MADV_DONTDUMP") if hasattr(mmap, name)]
 
 
-def _c_library():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return _libc
+def _load_libc():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
 
 
-def _advise(mapping: mmap.mmap, *names: str) -> None:
-    for name in names:
-        flag = getattr(mmap, name, None)
-        if flag is not None:
-            try:
-                mapping.madvise(flag)
-            except OSError:
-                pass
+_libc = _load_libc()
 
 
-def lock_pages(array: np.ndarray) -> bool:
-    """mlock the array's pages; False (with a PinningWarning) when the system refuses."""
-    if array.nbytes == 0:
-        return True
-    libc = _c_library()
-    result = libc.mlock(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes))
-    if result != 0:
-        errno = ctypes.get_errno()
-        warnings.warn(f"could not pin {array.nbytes} bytes of plaintext (mlock errno {errno}); "
-                      "raise the memlock limit (ulimit -l) to pin", PinningWarning, stacklevel=3)
-        return False
-    return True
+def _release(address: int, nbytes: int, locked: bool) -> None:
+    ctypes.memset(address, 0, nbytes)
+    if locked:
+        _libc.munlock(address, nbytes)
+    _libc.munmap(address, nbytes)
+
+
+class PlaintextMapping:
+    """Owns one anonymous mapping; exposes it to numpy through ``__array_interface__``."""
+
+    def __init__(self, nbytes: int, *, pin: bool = False) -> None:
+        address = _libc.mmap(None, nbytes, _PROT_READ_WRITE, _MAP_FLAGS, -1, 0)
+        if address is None or address == _MAP_FAILED:
+            raise MemoryError(f"could not map {nbytes} bytes for plaintext "
+                              f"(errno {ctypes.get_errno()})")
+        for advice in _ADVICE:
+            _libc.madvise(address, nbytes, advice)  # advisory: failure is harmless
+        self.locked = False
+        if pin:
+            if _libc.mlock(address, nbytes) == 0:
+                self.locked = True
+            else:
+                warnings.warn(
+                    f"could not pin {nbytes} bytes of plaintext (mlock errno {ctypes.get_errno()}); "
+                    "raise the memlock limit (ulimit -l) to pin", PinningWarning, stacklevel=4)
+        self.address = address
+        self.nbytes = nbytes
+        self.__array_interface__ = {"data": (address, False), "shape": (nbytes,),
+                                    "typestr": "|u1", "version": 3}
+        self._finalizer = weakref.finalize(self, _release, address, nbytes, self.locked)
 
 
 def allocate(nbytes: int, *, pin: bool = False) -> np.ndarray:
-    """A fresh uint8 array of ``nbytes`` bytes backed by its own anonymous mapping."""
+    """A fresh uint8 array of ``nbytes`` bytes over its own mapping, wiped and unmapped when the
+    last view of it is garbage-collected."""
     if nbytes == 0:
         return np.empty(0, dtype=np.uint8)
-    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    _advise(mapping, "MADV_HUGEPAGE", "MADV_DONTDUMP")
-    array = np.frombuffer(mapping, dtype=np.uint8)
-    if pin:
-        lock_pages(array)
-    return array
+    return np.asarray(PlaintextMapping(nbytes, pin=pin))
+
+
+def lock_pages(array: np.ndarray) -> bool:
+    """mlock an existing array's pages; False (with a PinningWarning) when the system refuses."""
+    if array.nbytes == 0:
+        return True
+    if _libc.mlock(array.ctypes.data, array.nbytes) != 0:
+        warnings.warn(f"could not pin {array.nbytes} bytes (mlock errno {ctypes.get_errno()})",
+                      PinningWarning, stacklevel=2)
+        return False
+    return True
