@@ -7,6 +7,7 @@ own buffer and the source (an mmap or a file descriptor read with pread) has no 
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from typing import Iterable
@@ -48,9 +49,13 @@ class _Source:
         return len(self.view)
 
     def close(self) -> None:
-        self.view.release()
+        # A view of the mapping may outlive us (for instance in a traceback's frames); then the
+        # mapping is unmapped when the last such view goes, and closing here must not fail.
+        with contextlib.suppress(BufferError):
+            self.view.release()
         if self._owner is not None:
-            self._owner.close()
+            with contextlib.suppress(BufferError):
+                self._owner.close()
             self._owner = None
         if self.fd is not None:
             os.close(self.fd)
@@ -119,6 +124,11 @@ class SealedReader:
         chunked.decrypt_chunk_range_into(self._data_keys, self._data_view, first, stop, dst,
                                          threads=threads)
 
+    def read_chunks_into(self, first: int, stop: int, dst, *, threads: int = 0) -> None:
+        """Decrypt data chunks [first, stop) into ``dst`` (exactly their plaintext length); on
+        failure ``dst`` is wiped. The building block of staged (GPU) uploads."""
+        self._decrypt_chunks(first, stop, dst, threads)
+
     def _plaintext_of_chunks(self, first: int, stop: int) -> int:
         if stop == self._chunk_total:
             return self.data_length - first * chunked.CHUNK_SIZE
@@ -168,7 +178,8 @@ class SealedReader:
         if self._source is not None:
             data_view = getattr(self, "_data_view", None)
             if data_view is not None:
-                data_view.release()
+                with contextlib.suppress(BufferError):
+                    data_view.release()
             self._source.close()
             self._source = None
 

@@ -1,7 +1,8 @@
 """The PyTorch API, shaped like ``safetensors.torch``: save, save_file, load, load_file.
 
 torch is optional: importing this module without torch installed raises ImportError. Tensors are
-loaded as views into one plaintext buffer (no second copy); ``device`` must be "cpu" for now.
+loaded as views into one plaintext buffer (no second copy): host memory for ``device="cpu"``,
+device memory for ``device="cuda:N"`` (uploaded through a pinned staging ring).
 """
 
 from __future__ import annotations
@@ -44,10 +45,19 @@ if hasattr(torch, "float8_e8m0fnu"):
 _NAME_OF_TORCH = {dtype: name for name, dtype in _TORCH_DTYPES.items()}
 
 
-def check_device(device) -> None:
-    if torch.device(device).type != "cpu":
-        raise ValueError(f"device {device!r} is not supported yet: load to 'cpu' (optionally with "
-                         "pin_memory=True) and move the tensors")
+def check_device(device) -> torch.device:
+    """Accept "cpu" and "cuda[:N]" (when CUDA is available); ValueError otherwise."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"bad device {device!r}: {exc}") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available to torch")
+        return resolved
+    raise ValueError(f"device {device!r} is not supported: use 'cpu' or 'cuda[:N]'")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -58,13 +68,15 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def numpy_to_torch(array: np.ndarray, dtype_name: str, device: str = "cpu") -> torch.Tensor:
-    """A torch tensor sharing ``array``'s memory where possible (a copy for non-contiguous input)."""
-    check_device(device)
+    """A torch tensor sharing ``array``'s memory where possible (a copy for non-contiguous input);
+    moved to ``device`` when it is not the CPU."""
+    target = check_device(device)
     array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
     shape = array.shape
     flat = array.reshape(-1).view(np.uint8)
     tensor = torch.from_numpy(flat) if flat.size else torch.empty(0, dtype=torch.uint8)
-    return tensor.view(torch_dtype(dtype_name)).reshape(shape)
+    tensor = tensor.view(torch_dtype(dtype_name)).reshape(shape)
+    return tensor if target.type == "cpu" else tensor.to(target)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
@@ -118,19 +130,37 @@ def _pinned_buffer(nbytes: int) -> np.ndarray:
     return _memory.allocate(nbytes, pin=True)
 
 
-def _load_all(reader: SealedReader, device: str, pin_memory: bool) -> dict[str, torch.Tensor]:
-    check_device(device)
+def _views(buffer, reader: SealedReader) -> dict[str, torch.Tensor]:
+    result = {}
+    for info in reader.index.tensors:
+        raw = buffer[info.begin:info.end]
+        if isinstance(raw, np.ndarray):
+            raw = torch.from_numpy(raw) if info.nbytes else torch.empty(0, dtype=torch.uint8)
+        result[info.name] = raw.view(torch_dtype(info.dtype)).reshape(info.shape)
+    return result
+
+
+def _load_to_cuda(reader: SealedReader, device: torch.device, staging_slots: int,
+                  staging_bytes: int) -> dict[str, torch.Tensor]:
+    from ._staging import upload
+    from ._torch_cuda import TorchCudaDevice
+
+    destination = upload(reader.read_chunks_into, reader.data_length, TorchCudaDevice(device),
+                         slots=staging_slots, slot_bytes=staging_bytes)
+    return _views(destination, reader)
+
+
+def _load_all(reader: SealedReader, device: str, pin_memory: bool,
+              staging_slots: int = 4, staging_bytes: int = 16 << 20) -> dict[str, torch.Tensor]:
+    target = check_device(device)
+    if target.type == "cuda":
+        return _load_to_cuda(reader, target, staging_slots, staging_bytes)
     if pin_memory:
         buffer = _pinned_buffer(reader.data_length)
     else:
         buffer = _memory.allocate(reader.data_length)
     reader.read_all_into(buffer)
-    result = {}
-    for info in reader.index.tensors:
-        raw = buffer[info.begin:info.end]
-        tensor = torch.from_numpy(raw) if info.nbytes else torch.empty(0, dtype=torch.uint8)
-        result[info.name] = tensor.view(torch_dtype(info.dtype)).reshape(info.shape)
-    return result
+    return _views(buffer, reader)
 
 
 def load(data: bytes, key, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -140,10 +170,15 @@ def load(data: bytes, key, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 
 def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
-              pin_memory: bool = False) -> dict[str, torch.Tensor]:
+              pin_memory: bool = False, staging_slots: int = 4,
+              staging_bytes: int = 16 << 20) -> dict[str, torch.Tensor]:
     """Decrypt and authenticate a sealed file; returns {name: tensor}, all views of one buffer.
 
-    ``pin_memory=True``: page-locked memory (torch's pinned allocator when CUDA is available,
-    otherwise mlock, with a PinningWarning when the memlock limit refuses)."""
+    ``device="cpu"``: ``pin_memory=True`` gives page-locked memory (torch's pinned allocator when
+    CUDA is available, otherwise mlock, with a PinningWarning when the memlock limit refuses).
+    ``device="cuda:N"``: tensors land on the GPU through a ring of ``staging_slots`` pinned buffers
+    of ``staging_bytes`` each; decryption of one span overlaps the upload of the previous ones, and
+    host memory in use is the ring, not the model. Nothing is returned unless every chunk
+    authenticated."""
     with SealedReader.open(filename, key) as reader:
-        return _load_all(reader, device, pin_memory)
+        return _load_all(reader, device, pin_memory, staging_slots, staging_bytes)
