@@ -4,6 +4,7 @@
  * init_mb_mgr_auto, so threads share it. A call expands the key once (IMB_AES256_GCM_PRE) into a
  * 64-byte aligned gcm_key_data; each chunk uses a gcm_context_data on the worker's stack. The
  * library returns the computed tag on decryption, which is compared here in constant time. */
+#define _GNU_SOURCE /* posix_memalign under -std=c11 */
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,0 +1,161 @@
+/*
+ * Hammer the span engine's worker threads: many chunks, many thread counts, concurrent callers,
+ * tampered chunks (the lowest failing chunk must win every time) and the pread path.
+ * Built and run under ThreadSanitizer by scripts/tsan_pool.sh; exits non-zero on any wrong answer.
+ *
+ *   pool_stress [rounds]
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../sealtensors.h"
+
+#define CHUNKS 300
+#define PLAIN (CHUNKS * ST_CHUNK_SIZE + 1234)
+#define CIPHER (PLAIN + (CHUNKS + 1) * ST_TAG_SIZE)
+#define CALLERS 4
+
+static uint8_t key[ST_KEY_SIZE], nonce[ST_NONCE_SIZE];
+static uint8_t *plaintext, *reference;
+static int provider;
+static int failures;
+static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void fail(const char *what, int caller, int threads, int code, int64_t index)
+{
+    pthread_mutex_lock(&failures_lock);
+    failures++;
+    fprintf(stderr, "FAIL %s (caller %d, threads %d): code %d, chunk %lld\n", what, caller, threads,
+            code, (long long)index);
+    pthread_mutex_unlock(&failures_lock);
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* the truncated file holds the span's first CUT bytes */
+#define CUT ((size_t)CIPHER - 7 * ST_ENCRYPTED_CHUNK_SIZE - 3)
+
+typedef struct {
+    int id;
+    int rounds;
+    int fd;
+    int cut_fd;
+} caller_arg;
+
+static void *caller(void *arg)
+{
+    caller_arg *a = arg;
+    uint8_t *ct = malloc(CIPHER), *out = malloc(PLAIN);
+    st_status status;
+    if (!ct || !out) {
+        fail("malloc", a->id, 0, 0, 0);
+        return NULL;
+    }
+    for (int round = 0; round < a->rounds; round++) {
+        int threads = 1 + (round * 7 + a->id) % 16;
+        /* encryption agrees with the single-threaded reference */
+        int rc = st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, ct, CIPHER, 1,
+                                     threads, &status);
+        if (rc != ST_OK || memcmp(ct, reference, CIPHER) != 0)
+            fail("encrypt", a->id, threads, rc, status.chunk_index);
+        /* decryption round trip */
+        rc = st_decrypt_span_mem(provider, key, nonce, 5, ct, CIPHER, out, PLAIN, 1, threads,
+                                 &status);
+        if (rc != ST_OK || memcmp(out, plaintext, PLAIN) != 0)
+            fail("decrypt", a->id, threads, rc, status.chunk_index);
+        /* tamper: chunk `low` and every chunk from `high` on; `low` must be reported */
+        int low = (round * 37 + a->id * 11) % CHUNKS, high = low + 1 + round % 50;
+        ct[(size_t)low * ST_ENCRYPTED_CHUNK_SIZE + 9] ^= 1;
+        for (int c = high; c <= CHUNKS; c++)
+            ct[(size_t)c * ST_ENCRYPTED_CHUNK_SIZE] ^= 2;
+        memset(out, 0xaa, PLAIN);
+        rc = st_decrypt_span_mem(provider, key, nonce, 5, ct, CIPHER, out, PLAIN, 1, threads,
+                                 &status);
+        if (rc != ST_E_AUTH || status.chunk_index != 5 + low || !all_zero(out, PLAIN))
+            fail("tampered decrypt", a->id, threads, rc, status.chunk_index);
+        /* pread path over the untampered file */
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->fd, 100, CIPHER, out, PLAIN, 1, threads,
+                                &status);
+        if (rc != ST_OK || memcmp(out, plaintext, PLAIN) != 0)
+            fail("decrypt fd", a->id, threads, rc, status.chunk_index);
+        /* a file that ends early: truncated at the chunk where data runs out */
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->cut_fd, 0, CIPHER, out, PLAIN, 1,
+                                threads, &status);
+        if (rc != ST_E_LENGTH || status.chunk_index != (int64_t)(5 + CUT / ST_ENCRYPTED_CHUNK_SIZE) ||
+            !all_zero(out, PLAIN))
+            fail("truncated fd", a->id, threads, rc, status.chunk_index);
+    }
+    free(ct);
+    free(out);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    int rounds = argc > 1 ? atoi(argv[1]) : 6;
+    plaintext = malloc(PLAIN);
+    reference = malloc(CIPHER);
+    if (!plaintext || !reference)
+        return 2;
+    srand(7);
+    for (size_t i = 0; i < PLAIN; i++)
+        plaintext[i] = (uint8_t)rand();
+    for (size_t i = 0; i < sizeof key; i++)
+        key[i] = (uint8_t)rand();
+    for (size_t i = 0; i < sizeof nonce; i++)
+        nonce[i] = (uint8_t)rand();
+
+    char path[] = "/tmp/sealtensors-pool-XXXXXX", cut_path[] = "/tmp/sealtensors-pool-XXXXXX";
+    int fd = mkstemp(path), cut_fd = mkstemp(cut_path);
+    if (fd < 0 || cut_fd < 0)
+        return 2;
+    unlink(path);
+    unlink(cut_path);
+
+    int providers[] = {ST_PROVIDER_IPSECMB, ST_PROVIDER_OPENSSL};
+    for (size_t p = 0; p < 2; p++) {
+        provider = providers[p];
+        if (!st_provider_available(provider)) {
+            printf("%s: unavailable, skipped\n", st_provider_name(provider));
+            continue;
+        }
+        st_status status;
+        if (st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, reference, CIPHER, 1, 1,
+                                &status) != ST_OK)
+            return 3;
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, "x", 1, 99) != 1 ||
+            pwrite(fd, reference, CIPHER, 100) != (ssize_t)CIPHER || ftruncate(cut_fd, 0) != 0 ||
+            pwrite(cut_fd, reference, CUT, 0) != (ssize_t)CUT)
+            return 2;
+        pthread_t threads[CALLERS];
+        caller_arg args[CALLERS];
+        for (int i = 0; i < CALLERS; i++) {
+            args[i] = (caller_arg){i, rounds, fd, cut_fd};
+            pthread_create(&threads[i], NULL, caller, &args[i]);
+        }
+        for (int i = 0; i < CALLERS; i++)
+            pthread_join(threads[i], NULL);
+        printf("%s (%s): %d callers x %d rounds done\n", st_provider_name(provider),
+               st_provider_cpu_path(provider), CALLERS, rounds);
+    }
+    close(fd);
+    close(cut_fd);
+    free(plaintext);
+    free(reference);
+    if (failures) {
+        fprintf(stderr, "%d failures\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
