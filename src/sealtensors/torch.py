@@ -20,7 +20,7 @@ from .index import TensorIndex, layout
 from .reader import SealedReader
 from .writer import write_sealed
 
-__all__ = ["save", "save_file", "load", "load_file"]
+__all__ = ["save", "save_file", "load", "load_file", "load_shard"]
 
 _TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -182,3 +182,41 @@ def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
     authenticated."""
     with SealedReader.open(filename, key) as reader:
         return _load_all(reader, device, pin_memory, staging_slots, staging_bytes)
+
+
+def _shard_bounds(length: int, rank: int, world_size: int) -> tuple[int, int]:
+    base, extra = divmod(length, world_size)
+    begin = rank * base + min(rank, extra)
+    return begin, begin + base + (1 if rank < extra else 0)
+
+
+def load_shard(filename: str | os.PathLike, key, *, rank: int, world_size: int,
+               dims: int | Mapping[str, int | None] | None = 0, device: str = "cpu",
+               names=None) -> dict[str, torch.Tensor]:
+    """Load one tensor-parallel rank's part of each tensor straight to ``device``.
+
+    ``dims`` says which dimension each tensor is split along: one int for all, a mapping from name
+    to dim (None or a missing name = replicated), or None to replicate everything. Tensors with too
+    few dimensions are replicated. Splits follow ``numpy.array_split`` (the first ranks get one more
+    element when the size does not divide). Splitting along dimension 0 decrypts only the chunks
+    holding the rank's rows; other dimensions need every row of the tensor.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    from .safe_open import safe_open
+
+    check_device(device)
+    result = {}
+    with safe_open(filename, "pt", key=key) as handle:
+        selected = handle.keys() if names is None else list(names)
+        for name in selected:
+            dim = dims.get(name) if isinstance(dims, Mapping) else dims
+            piece = handle.get_slice(name)
+            shape = piece.get_shape()
+            if dim is None or dim >= len(shape):
+                tensor = piece[...]
+            else:
+                begin, end = _shard_bounds(shape[dim], rank, world_size)
+                tensor = piece[(slice(None),) * dim + (slice(begin, end),)]
+            result[name] = tensor if torch.device(device).type == "cpu" else tensor.to(device)
+    return result
