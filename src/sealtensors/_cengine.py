@@ -104,6 +104,14 @@ def _nbytes(buffer) -> int:
     return memoryview(buffer).nbytes
 
 
+def _target(dst):
+    """(address, length) of a writable destination; the Python engine's message when read-only."""
+    view = memoryview(dst)
+    if view.readonly:
+        raise ValueError("destination buffer must be writable")
+    return _address(dst, True), view.nbytes
+
+
 def _check_threads(threads: int) -> int:
     threads = int(threads)
     if threads < 0:
@@ -165,21 +173,21 @@ class CEngine:
 
     def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
         threads = _check_threads(threads)
-        src_len, dst_len = _nbytes(src), _nbytes(dst)
+        source, src_len = _address(src, False), _nbytes(src)
+        target, dst_len = _target(dst)
         validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
                       decrypting=False)
-        target = _address(dst, True)
         status = ffi.new("st_status *")
         rc = lib.st_encrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
-                                     _address(src, False), src_len, target, dst_len, bool(final),
+                                     source, src_len, target, dst_len, bool(final),
                                      threads, status)
         if rc != lib.ST_OK:
             self._raise(status)
 
     def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
         threads = _check_threads(threads)
-        src_len, dst_len = _nbytes(src), _nbytes(dst)
-        target = _address(dst, True)
+        source, src_len = _address(src, False), _nbytes(src)
+        target, dst_len = _target(dst)
         try:
             validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
                           decrypting=True)
@@ -188,7 +196,7 @@ class CEngine:
             raise
         status = ffi.new("st_status *")
         rc = lib.st_decrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
-                                     _address(src, False), src_len, target, dst_len, bool(final),
+                                     source, src_len, target, dst_len, bool(final),
                                      threads, status)
         if rc != lib.ST_OK:
             self._raise(status)
@@ -196,8 +204,7 @@ class CEngine:
     def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
                         final, threads=0):
         threads = _check_threads(threads)
-        dst_len = _nbytes(dst)
-        target = _address(dst, True)
+        target, dst_len = _target(dst)
         try:
             validate_span(aead_key, base_nonce, first_chunk, length, dst_len, final=final,
                           decrypting=True)
