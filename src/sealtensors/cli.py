@@ -265,7 +265,7 @@ def cmd_inspect(args) -> int:
         widths = [max(len(row[i]) for row in rows + [("name", "dtype", "shape", "size")])
                   for i in range(4)]
         header = ("name", "dtype", "shape", "size")
-        _out("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        _out("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
         for row in rows:
             _out("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return EXIT_OK
@@ -440,6 +440,10 @@ def _one_line(text: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    from ._atomic import DestinationExistsError
+
+    if isinstance(exc, DestinationExistsError):
+        return str(exc).replace("pass overwrite=True", "pass --force")
     if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith("'"):
         where = exc.filename if exc.filename is not None else None
         text = exc.strerror if where is None else f"{where}: {exc.strerror}"
@@ -512,14 +516,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return EXIT_IO
     except Exception as exc:  # noqa: BLE001 - the whole point: no tracebacks, documented codes
-        cause = _root_cause(exc)
-        code, label = classify(cause)
-        _error(label, _describe(cause))
-        if os.environ.get("SEALTENSORS_DEBUG", "").strip() == "1":
-            import traceback
+        # Reported from another function so that no local of this frame (which is in the
+        # traceback) keeps the exception alive: the traceback is freed by reference counting here,
+        # not left in a reference cycle for the garbage collector.
+        return _report(exc)
 
-            traceback.print_exception(exc, file=sys.stderr)
-        return code
+
+def _report(exc: BaseException) -> int:
+    cause = _root_cause(exc)
+    code, label = classify(cause)
+    _error(label, _describe(cause))
+    if os.environ.get("SEALTENSORS_DEBUG", "").strip() == "1":
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
