@@ -100,6 +100,18 @@ def _resolve_provider(provider: str | None) -> int:
     return resolved
 
 
+def _hold(held: list, cdata):
+    held.append(cdata)
+    return cdata
+
+
+def _release(*cdatas) -> None:
+    # Drop the buffer exports now: a traceback that outlives the call (held in a reference cycle)
+    # must not keep a memoryview export alive, which crashes CPython 3.11's cycle collector.
+    for cdata in cdatas:
+        ffi.release(cdata)
+
+
 def _nbytes(buffer) -> int:
     return memoryview(buffer).nbytes
 
@@ -173,50 +185,67 @@ class CEngine:
 
     def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
         threads = _check_threads(threads)
-        source, src_len = _address(src, False), _nbytes(src)
-        target, dst_len = _target(dst)
-        validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
-                      decrypting=False)
-        status = ffi.new("st_status *")
-        rc = lib.st_encrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
-                                     source, src_len, target, dst_len, bool(final),
-                                     threads, status)
+        held = []
+        try:
+            source = _hold(held, _address(src, False))
+            src_len = _nbytes(src)
+            target, dst_len = _target(dst)
+            _hold(held, target)
+            validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
+                          decrypting=False)
+            status = ffi.new("st_status *")
+            rc = lib.st_encrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce),
+                                         first_chunk, source, src_len, target, dst_len, bool(final),
+                                         threads, status)
+        finally:
+            _release(*held)
         if rc != lib.ST_OK:
             self._raise(status)
 
     def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
         threads = _check_threads(threads)
-        source, src_len = _address(src, False), _nbytes(src)
-        target, dst_len = _target(dst)
+        held = []
         try:
-            validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
-                          decrypting=True)
-        except IntegrityError:
-            lib.st_wipe(target, dst_len)
-            raise
-        status = ffi.new("st_status *")
-        rc = lib.st_decrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
-                                     source, src_len, target, dst_len, bool(final),
-                                     threads, status)
+            source = _hold(held, _address(src, False))
+            src_len = _nbytes(src)
+            target, dst_len = _target(dst)
+            _hold(held, target)
+            try:
+                validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
+                              decrypting=True)
+            except IntegrityError:
+                lib.st_wipe(target, dst_len)
+                raise
+            status = ffi.new("st_status *")
+            rc = lib.st_decrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce),
+                                         first_chunk, source, src_len, target, dst_len, bool(final),
+                                         threads, status)
+        finally:
+            _release(*held)
         if rc != lib.ST_OK:
             self._raise(status)
 
     def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
                         final, threads=0):
         threads = _check_threads(threads)
-        target, dst_len = _target(dst)
+        held = []
         try:
-            validate_span(aead_key, base_nonce, first_chunk, length, dst_len, final=final,
-                          decrypting=True)
-        except IntegrityError:
-            lib.st_wipe(target, dst_len)
-            raise
-        if length and (offset < 0 or offset + length > (1 << 63) - 1):
-            lib.st_wipe(target, dst_len)
-            raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
-        status = ffi.new("st_status *")
-        rc = lib.st_decrypt_span_fd(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk,
-                                    int(fd), offset, length, target, dst_len, bool(final), threads,
-                                    status)
+            target, dst_len = _target(dst)
+            _hold(held, target)
+            try:
+                validate_span(aead_key, base_nonce, first_chunk, length, dst_len, final=final,
+                              decrypting=True)
+            except IntegrityError:
+                lib.st_wipe(target, dst_len)
+                raise
+            if length and (offset < 0 or offset + length > (1 << 63) - 1):
+                lib.st_wipe(target, dst_len)
+                raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
+            status = ffi.new("st_status *")
+            rc = lib.st_decrypt_span_fd(self._provider, bytes(aead_key), bytes(base_nonce),
+                                        first_chunk, int(fd), offset, length, target, dst_len,
+                                        bool(final), threads, status)
+        finally:
+            _release(*held)
         if rc != lib.ST_OK:
             self._raise(status, fd_read=True)
