@@ -137,8 +137,11 @@ static int parse_positive(const char *text)
 int st_default_threads(void)
 {
     int from_env = parse_positive(getenv("SEALTENSORS_THREADS"));
-    if (from_env)
-        return from_env;
+    return from_env ? from_env : st_cpu_count();
+}
+
+int st_cpu_count(void)
+{
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     if (online < 1)
         online = 1;

@@ -424,13 +424,21 @@ def test_provider_selection(monkeypatch):
             CEngine("ipsecmb")
 
 
-def test_default_threads(monkeypatch):
-    monkeypatch.setenv("SEALTENSORS_THREADS", "3")
-    assert cengine.default_threads() == 3
-    monkeypatch.setenv("SEALTENSORS_THREADS", "nonsense")
-    assert cengine.default_threads() >= 1
-    monkeypatch.delenv("SEALTENSORS_THREADS")
-    assert cengine.default_threads() == min(len(os.sched_getaffinity(0)), os.cpu_count())
+@pytest.mark.parametrize("value", ["3", " 7", "+2", "1000", "0", "-4", "nonsense", "3 ", "2_0", ""])
+def test_default_threads_python_and_c_agree(monkeypatch, value):
+    monkeypatch.setenv("SEALTENSORS_THREADS", value)
+    assert cengine.default_threads() == cengine.lib.st_default_threads()
+    if value.strip().lstrip("+").isdigit() and int(value) > 0 and value == value.rstrip():
+        assert cengine.default_threads() == min(int(value), 256)
+    else:
+        assert cengine.default_threads() == cengine.lib.st_cpu_count()
+
+
+def test_default_threads_without_environment(monkeypatch):
+    monkeypatch.delenv("SEALTENSORS_THREADS", raising=False)
+    cpus = min(len(os.sched_getaffinity(0)), os.cpu_count())
+    assert cengine.default_threads() == cengine.lib.st_default_threads() == cpus
+    assert CEngine("openssl").info()["threads"] == cpus
 
 
 def test_version_mismatch_refuses_to_load():

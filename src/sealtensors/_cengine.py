@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 
 from . import _version
 from ._engine_api import (
@@ -59,9 +60,21 @@ def available_providers() -> list[str]:
     return [name for name, value in PROVIDERS.items() if lib.st_provider_available(value)]
 
 
+_MAX_THREADS = 256
+_POSITIVE = re.compile(r"[ \t\n\v\f\r]*\+?[0-9]+")
+
+
 def default_threads() -> int:
-    """Threads a call with ``threads=0`` uses: ``SEALTENSORS_THREADS`` or the CPUs this process may use."""
-    return lib.st_default_threads()
+    """Threads a call with ``threads=0`` uses: ``SEALTENSORS_THREADS`` when it is a positive integer,
+    else the online CPUs this process may run on; at most 256.
+
+    Same rule as C's ``st_default_threads()``, but the environment is read here, under the GIL: C
+    code reading it while another Python thread sets a variable would race with ``setenv``.
+    """
+    text = os.environ.get("SEALTENSORS_THREADS", "")
+    if _POSITIVE.fullmatch(text) and int(text) > 0:
+        return min(int(text), _MAX_THREADS)
+    return lib.st_cpu_count()
 
 
 def _address(buffer, writable: bool):
@@ -128,7 +141,7 @@ def _check_threads(threads: int) -> int:
     threads = int(threads)
     if threads < 0:
         raise ValueError("threads must be >= 0 (0 = default)")
-    return min(threads, 1 << 16)
+    return min(threads, _MAX_THREADS) if threads else default_threads()
 
 
 class CEngine:
@@ -150,7 +163,7 @@ class CEngine:
             "backend": "c",
             "provider": self.provider,
             "cpu_path": ffi.string(lib.st_provider_cpu_path(self._provider)).decode(),
-            "threads": lib.st_default_threads(),
+            "threads": default_threads(),
         }
 
     def __repr__(self) -> str:

@@ -1,0 +1,64 @@
+"""Raw span decrypt throughput of the C engine per provider and thread count, next to numpy.copyto of
+the same bytes (the memory bound), measured in the same run. Used for the table in docs/ENGINE.md.
+
+    python csrc/tests/bench_decrypt.py [--gib 1] [--repeat 5] [--threads 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+from sealtensors._cengine import CEngine, available_providers
+from sealtensors._engine_api import span_ciphertext_length
+
+
+def timings(fn, repeat: int) -> tuple[float, float]:
+    """(median, best) seconds of ``repeat`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args()
+    size = int(args.gib * (1 << 30))
+    key, nonce = os.urandom(32), os.urandom(12)
+    plaintext = np.frombuffer(os.urandom(1 << 20), dtype=np.uint8)
+    plaintext = np.tile(plaintext, size // plaintext.size + 1)[:size].copy()
+    ciphertext = np.empty(span_ciphertext_length(size, True), dtype=np.uint8)
+    dst = np.ones(size, dtype=np.uint8)  # pre-faulted
+    CEngine("openssl").encrypt_span(key, nonce, 0, plaintext, ciphertext, final=True)
+
+    def rate(seconds: tuple[float, float]) -> str:
+        return f"median {size / seconds[0] / 1e9:6.2f} GB/s, best {size / seconds[1] / 1e9:6.2f} GB/s"
+
+    print(f"{size / 2**30:.2f} GiB, {args.repeat} runs, GB/s = 1e9 plaintext bytes per second, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"numpy.copyto (memory bound): {rate(timings(lambda: np.copyto(dst, plaintext), args.repeat))}")
+    for provider in available_providers():
+        engine = CEngine(provider)
+        for threads in (int(t) for t in args.threads.split(",")):
+            seconds = timings(
+                lambda: engine.decrypt_span(key, nonce, 0, ciphertext, dst, final=True,
+                                            threads=threads), args.repeat)
+            assert np.array_equal(dst[:1 << 20], plaintext[:1 << 20])
+            assert np.array_equal(dst[-(1 << 20):], plaintext[-(1 << 20):])
+            print(f"decrypt {provider:8s} ({engine.info()['cpu_path']}), {threads} thread(s): "
+                  f"{rate(seconds)}")
+
+
+if __name__ == "__main__":
+    main()
