@@ -458,7 +458,7 @@ def test_python_m_sealtensors_failure_has_no_traceback(tmp_path, keys, backend):
     assert result.stderr.startswith("sealtensors: error: ") and "Traceback" not in result.stderr
 
 
-# --- library regressions the CLI depends on------------------------------------------------------
+# --- library regressions the CLI depends on ----------------------------------------------------
 
 _CYCLE_SCRIPT = """
 import gc, sys, sealtensors
