@@ -1,0 +1,618 @@
+"""Hostile sealed files: crafted headers and crafted (but properly authenticated) indexes.
+
+Every case must end in a typed sealtensors error (a :class:`SealError` subclass) and must not
+allocate what a hostile length claims: the peak Python allocation while opening stays within a few
+MiB (plus a small multiple of the file's real size). Files are built from the format's own pieces
+(``container``, ``chunked``) so that the interesting cases get *past* authentication: a header field
+is changed and the header MAC recomputed under the data key, or an index is encrypted under the
+data key with the right context, so the test reaches the parser check it is aimed at.
+
+A sanity test proves the crafting helpers are faithful (an unmodified crafted file loads), so a
+rejection below is the parser's doing and not a crafting mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from sealtensors import (
+    CommitmentError,
+    FormatError,
+    IntegrityError,
+    SealError,
+    UnsupportedFormatError,
+    WrongKeyError,
+    chunked,
+    container,
+    safe_open,
+)
+from sealtensors import numpy as stnp
+from sealtensors.index import ALIGNMENT, MAX_NAME_BYTES
+from sealtensors.reader import SealedReader
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(100, 132))
+MiB = 1 << 20
+BASE_BUDGET = 4 * MiB
+
+_FIXED = struct.Struct("<8sHHI16sQQII")
+
+
+# --- crafting helpers ---------------------------------------------------------------------------
+
+
+def _mac(data_key: bytes, body: bytes) -> bytes:
+    return hmac.new(container.mac_key(data_key), body, hashlib.sha256).digest()
+
+
+def craft(index_plaintext: bytes, data_plaintext: bytes = b"", *, key: bytes = KEY,
+          data_key: bytes | None = None, file_id: bytes | None = None) -> bytes:
+    """A complete, fully authenticated sealed file with exactly these index and data plaintexts."""
+    data_key = data_key or secrets.token_bytes(32)
+    file_id = file_id or secrets.token_bytes(16)
+    index_message = chunked.encrypt(data_key, index_plaintext, container.index_context(file_id))
+    data_message = chunked.encrypt(data_key, data_plaintext,
+                                   container.data_context(file_id, index_plaintext))
+    slots = [container.wrap_key(key, data_key, file_id)]
+    header = container.build(file_id, len(index_message), len(data_message), slots, data_key)
+    return header + index_message + data_message
+
+
+def index_doc(tensors, metadata=None) -> bytes:
+    return json.dumps({"metadata": metadata, "tensors": tensors},
+                      separators=(",", ":")).encode("utf-8")
+
+
+def entry(name="t", dtype="U8", shape=(4,), offsets=(0, 4)) -> dict:
+    return {"name": name, "dtype": dtype, "shape": list(shape), "offsets": list(offsets)}
+
+
+def recover(blob: bytes, key: bytes = KEY):
+    """(header, header bytes, data key) of a well-formed sealed file."""
+    count = container.parse_fixed(blob[:container.FIXED_HEADER_SIZE])[5]
+    header_bytes = blob[:container.header_size(count)]
+    header = container.parse(header_bytes)
+    return header, header_bytes, container.unlock(header, header_bytes, [key])
+
+
+def patch_fixed(blob: bytes, *, remac: bool = True, **fields) -> bytes:
+    """Change fixed-header fields (magic, version, suite, reserved0, file_id, index_len, data_len,
+    slots, reserved1) and, with ``remac``, recompute the MAC at the place the *original* slot count
+    puts it (what an attacker holding a recovered data key could do)."""
+    header, header_bytes, data_key = recover(blob)
+    names = ("magic", "version", "suite", "reserved0", "file_id", "index_len", "data_len", "slots",
+             "reserved1")
+    values = dict(zip(names, _FIXED.unpack_from(blob)))
+    values.update(fields)
+    fixed = _FIXED.pack(*(values[n] for n in names))
+    body = fixed + header_bytes[container.FIXED_HEADER_SIZE:header.size - container.MAC_SIZE]
+    mac = _mac(data_key, body) if remac else header.mac
+    return body + mac + blob[header.size:]
+
+
+def with_slots(blob: bytes, count: int, *, claimed: int | None = None) -> bytes:
+    """Re-header ``blob`` with ``count`` slots (the real one first, then fillers), claiming
+    ``claimed`` slots in the slot-count field, MAC recomputed over what is stored."""
+    header, header_bytes, data_key = recover(blob)
+    slots = list(header.slots) + [container.Slot(secrets.token_bytes(16), secrets.token_bytes(104))
+                                  for _ in range(count - 1)]
+    fixed = _FIXED.pack(container.MAGIC, 1, 1, 0, header.file_id, header.index_length,
+                        header.data_length, count if claimed is None else claimed, 0)
+    body = fixed + b"".join(s.key_id + s.wrapped_key for s in slots)
+    return body + _mac(data_key, body) + blob[header.size:]
+
+
+# --- the oracle ---------------------------------------------------------------------------------
+
+
+def _open_bytes(blob, keys):
+    return stnp.load(blob, keys)
+
+
+def _open_file(blob, keys, path):
+    path.write_bytes(blob)
+    return stnp.load_file(path, keys)
+
+
+def _open_safe(blob, keys, path):
+    path.write_bytes(blob)
+    with safe_open(path, "np", key=keys) as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}
+
+
+OPENERS = ["bytes", "file", "safe_open"]
+
+
+def forget_traceback(error: BaseException) -> BaseException:
+    """Drop the tracebacks of ``error`` and its chain so that no frame stays in a reference cycle.
+
+    A kept exception whose traceback reaches the catching frame is a cycle; with the C engine those
+    frames hold cffi buffers exported from memoryviews, and when the garbage collector breaks such a
+    cycle CPython <= 3.12.6 could crash (see test_kept_engine_error_does_not_crash_the_collector);
+    the tests here must not depend on the library getting that right everywhere.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def rejects(blob: bytes, expected=SealError, *, keys=KEY, how: str = "bytes", tmp_path=None,
+            budget: int | None = None) -> SealError:
+    """Open ``blob`` and require a typed error of class ``expected`` with a bounded peak allocation."""
+    budget = BASE_BUDGET + 8 * len(blob) if budget is None else budget
+    error = None
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        try:
+            if how == "bytes":
+                _open_bytes(blob, keys)
+            elif how == "file":
+                _open_file(blob, keys, tmp_path / "hostile.sealed")
+            else:
+                _open_safe(blob, keys, tmp_path / "hostile.sealed")
+        except SealError as exc:
+            error = exc
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        if error is not None:
+            forget_traceback(error)
+    assert error is not None, "a hostile file was accepted"
+    assert isinstance(error, expected), f"{type(error).__name__}: {error}"
+    assert peak < budget, f"peak Python allocation {peak} bytes while rejecting (budget {budget})"
+    return error
+
+
+@pytest.fixture(scope="module")
+def good() -> bytes:
+    """A real small sealed file (two tensors, metadata) made by the library's writer."""
+    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
+               "b": np.arange(5, dtype=np.int64)}
+    return stnp.save(tensors, KEY, metadata={"who": "test"})
+
+
+# --- the helpers themselves ---------------------------------------------------------------------
+
+
+def test_crafted_file_loads():
+    data = bytes(range(4)) + bytes(ALIGNMENT - 4) + bytes(range(8))
+    blob = craft(index_doc([entry("x", "U8", [4], [0, 4]),
+                            entry("y", "U8", [2, 4], [64, 72])], {"k": "v"}), data)
+    out = stnp.load(blob, KEY)
+    assert out["x"].tolist() == [0, 1, 2, 3]
+    assert out["y"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_patch_helpers_keep_a_valid_file(good):
+    assert set(stnp.load(patch_fixed(good), KEY)) == {"a", "b"}
+    assert set(stnp.load(with_slots(good, 1), KEY)) == {"a", "b"}
+    assert set(stnp.load(with_slots(good, 3), KEY)) == {"a", "b"}
+
+
+# --- the file's outer shape ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", OPENERS)
+@pytest.mark.parametrize("blob", [b"", b"S", b"SEALTENS", b"x" * 100, b"\x00" * 4096,
+                                  b"SEALTENX" + bytes(200)], ids=repr)
+def test_not_a_sealed_file(blob, how, tmp_path):
+    rejects(blob, FormatError, how=how, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("cut", [16, 17, 55])
+def test_truncated_inside_the_fixed_header(good, cut):
+    rejects(good[:cut], IntegrityError)
+
+
+@pytest.mark.parametrize("cut", [56, 100, 175, 207])
+def test_truncated_inside_the_slots_or_mac(good, cut):
+    rejects(good[:cut], IntegrityError)
+
+
+@pytest.mark.parametrize("how", OPENERS)
+def test_truncated_and_extended_files(good, how, tmp_path):
+    for blob in (good[:-1], good[:-17], good + b"\x00", good + bytes(16400)):
+        rejects(blob, IntegrityError, how=how, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("version", [0, 2, 0xFFFF])
+def test_unknown_version(good, version):
+    rejects(patch_fixed(good, version=version), UnsupportedFormatError)
+
+
+@pytest.mark.parametrize("suite", [0, 2, 0xFFFF])
+def test_unknown_suite(good, suite):
+    rejects(patch_fixed(good, suite=suite), UnsupportedFormatError)
+
+
+@pytest.mark.parametrize("field", ["reserved0", "reserved1"])
+@pytest.mark.parametrize("value", [1, 2**31, 2**32 - 1])
+def test_reserved_fields(good, field, value):
+    err = rejects(patch_fixed(good, **{field: value}), FormatError)
+    assert not isinstance(err, UnsupportedFormatError)
+
+
+# --- header lengths -----------------------------------------------------------------------------
+
+HOSTILE_LENGTHS = [0, 1, 71, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+@pytest.mark.parametrize("how", OPENERS)
+@pytest.mark.parametrize("field", ["index_len", "data_len"])
+@pytest.mark.parametrize("value", HOSTILE_LENGTHS)
+def test_hostile_lengths(good, field, value, how, tmp_path):
+    """Out of range or not a chunked-message length: FormatError before any cryptography, MAC or
+    not. A possible length that disagrees with the file: IntegrityError (MAC, or file length)."""
+    limit = container.MAX_INDEX_MESSAGE if field == "index_len" else container.MAX_DATA_MESSAGE
+    rem = (value - chunked.HEADER_SIZE) % chunked.ENCRYPTED_CHUNK_SIZE
+    possible = 72 <= value <= limit and 16 <= rem <= 16399
+    for remac in (True, False):
+        rejects(patch_fixed(good, remac=remac, **{field: value}),
+                IntegrityError if possible else FormatError, how=how, tmp_path=tmp_path)
+
+
+def _valid_length_near(n: int) -> int:
+    """The smallest valid chunked-message length >= n (remainder in 16..16399)."""
+    body = max(n - chunked.HEADER_SIZE, 16)
+    full, rem = divmod(body, chunked.ENCRYPTED_CHUNK_SIZE)
+    if rem < 16:
+        rem = 16
+    return chunked.HEADER_SIZE + full * chunked.ENCRYPTED_CHUNK_SIZE + rem
+
+
+@pytest.mark.parametrize("how", OPENERS)
+@pytest.mark.parametrize("field,value", [
+    ("index_len", container.MAX_INDEX_MESSAGE),
+    ("index_len", _valid_length_near(10 * MiB)),
+    ("data_len", container.MAX_DATA_MESSAGE),
+    ("data_len", _valid_length_near(2**50)),
+    ("data_len", _valid_length_near(2**40)),
+])
+def test_valid_but_larger_than_the_file(good, field, value, how, tmp_path):
+    """Plausible huge lengths with a correct MAC: the file length check refuses them, and nothing the
+    size of the claim is allocated."""
+    assert value != getattr(recover(good)[0], "index_length" if field == "index_len"
+                            else "data_length")
+    rejects(patch_fixed(good, **{field: value}), IntegrityError, how=how, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("field", ["index_len", "data_len"])
+def test_swapped_lengths_without_mac(good, field):
+    """An attacker without the key moves the index/data boundary: the header MAC catches it."""
+    header = recover(good)[0]
+    value = _valid_length_near((header.index_length if field == "index_len"
+                                else header.data_length) + 16400)
+    rejects(patch_fixed(good, remac=False, **{field: value}), IntegrityError)
+
+
+# --- slot counts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", OPENERS)
+@pytest.mark.parametrize("count", [0, 1025, 2**16, 2**31, 2**32 - 1])
+def test_slot_count_out_of_range(good, count, how, tmp_path):
+    for remac in (True, False):
+        rejects(patch_fixed(good, remac=remac, slots=count), FormatError, how=how,
+                tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("claimed", [2, 7, 1024])
+def test_slot_count_larger_than_the_file(good, claimed):
+    """More slots claimed than stored: the header runs into the index (MAC fails) or past the end
+    of the file (truncated)."""
+    rejects(patch_fixed(good, slots=claimed), IntegrityError)
+
+
+def test_slot_count_smaller_than_stored(good):
+    blob = with_slots(good, 3, claimed=2)
+    rejects(blob, IntegrityError)
+
+
+def test_max_slots_with_a_stranger_key_is_cheap(good):
+    """1024 slots, none ours: WrongKeyError after one commitment check per slot, bounded memory."""
+    blob = with_slots(good, container.MAX_SLOTS)
+    assert set(stnp.load(blob, KEY)) == {"a", "b"}
+    rejects(blob, WrongKeyError, keys=OTHER_KEY)
+    rejects(blob, WrongKeyError, keys=[OTHER_KEY, bytes(32), bytes([7]) * 32])
+
+
+def test_wrong_key_vs_altered_slot(good):
+    rejects(good, WrongKeyError, keys=OTHER_KEY)
+    header = recover(good)[0]
+    slot_at = container.FIXED_HEADER_SIZE
+    altered_id = bytearray(good)
+    altered_id[slot_at] ^= 1  # key id: the commitment still matches under KEY
+    err = rejects(bytes(altered_id), IntegrityError)
+    assert not isinstance(err, CommitmentError)
+    altered_wrap = bytearray(good)
+    altered_wrap[slot_at + 16 + 60] ^= 1  # inside the wrapped DEK's ciphertext
+    rejects(bytes(altered_wrap), IntegrityError)
+    altered_mac = bytearray(good)
+    altered_mac[header.size - 1] ^= 1
+    rejects(bytes(altered_mac), IntegrityError)
+
+
+def test_every_header_byte_is_authenticated(good):
+    """Flipping any single header byte is a typed error; never a load."""
+    header = recover(good)[0]
+    for position in range(header.size):
+        blob = bytearray(good)
+        blob[position] ^= 0x80
+        rejects(bytes(blob))
+
+
+def test_splicing_messages_between_files(good):
+    """Same key, two files: neither index nor data message moves from one file into the other."""
+    other = stnp.save({"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.int64)}, KEY,
+                      metadata={"who": "test"})
+    h1, h2 = recover(good)[0], recover(other)[0]
+    assert (h1.index_length, h1.data_length) == (h2.index_length, h2.data_length)
+    spliced_index = good[:h1.size] + other[h2.index_offset:h2.data_offset] + good[h1.data_offset:]
+    rejects(spliced_index, CommitmentError)
+    spliced_data = good[:h1.data_offset] + other[h2.data_offset:]
+    rejects(spliced_data, CommitmentError)
+    spliced_header = other[:h2.size] + good[h1.size:]
+    rejects(spliced_header, CommitmentError)
+
+
+# --- hostile index documents (authenticated: they reach the parser) ------------------------------
+
+
+def _bad_index(document: bytes, data: bytes = b"") -> FormatError:
+    return rejects(craft(document, data), FormatError)
+
+
+@pytest.mark.parametrize("document", [
+    b"\xff\xfe",
+    b'{"metadata":null,"tensors":[]}\xff',
+    b"\xc0\xaf",
+    '{"metadata":{"k":"\udc80"},"tensors":[]}'.encode("utf-8", "surrogatepass"),
+], ids=["ff-fe", "trailing-ff", "overlong", "encoded-surrogate"])
+def test_index_not_utf8(document):
+    _bad_index(document)
+
+
+@pytest.mark.parametrize("document", [
+    b"", b" ", b"{", b"[", b"null", b"[]", b"0", b'"x"', b"{}",
+    b'{"metadata":null}', b'{"tensors":[]}',
+    b'{"metadata":null,"tensors":[]}x',
+    b'{"metadata":null,"tensors":[],}',
+    b'{"metadata":null,"tensors":[],"extra":1}',
+    b"\xef\xbb\xbf" + b'{"metadata":null,"tensors":[]}',
+    b'{"metadata":NaN,"tensors":[]}',
+    b'{"metadata":null,"tensors":[{"name":"t","dtype":"U8","shape":[Infinity],"offsets":[0,0]}]}',
+    b'{"metadata":null,"tensors":{}}',
+    b'{"metadata":null,"tensors":[[]]}',
+    b'{"metadata":null,"tensors":[null]}',
+    b'{"metadata":null,"tensors":"t"}',
+], ids=repr)
+def test_index_invalid_json_or_schema(document):
+    _bad_index(document)
+
+
+@pytest.mark.parametrize("opener,closer", [(b"[", b"]"), (b'{"a":', b"}")], ids=["array", "object"])
+def test_index_deep_nesting(opener, closer):
+    depth = 100_000
+    for document in (
+        opener * depth + closer * depth,
+        b'{"metadata":' + opener * depth + b"1" + closer * depth + b',"tensors":[]}',
+        b'{"metadata":null,"tensors":' + opener * depth + closer * depth + b"}",
+        opener * depth,  # unterminated
+    ):
+        _bad_index(document)
+
+
+@pytest.mark.parametrize("document", [
+    b'{"metadata":null,"metadata":null,"tensors":[]}',
+    b'{"metadata":{"k":"1","k":"2"},"tensors":[]}',
+    b'{"metadata":null,"tensors":[{"name":"t","name":"u","dtype":"U8","shape":[],"offsets":[0,1]}]}',
+    b'{"metadata":null,"tensors":[{"name":"t","dtype":"U8","shape":[1],"offsets":[0,1],'
+    b'"x":{"a":1,"a":2}}]}',
+], ids=["top", "metadata", "entry", "nested"])
+def test_index_duplicate_keys(document):
+    _bad_index(document, bytes(1))
+
+
+def test_index_duplicate_tensor_names():
+    document = index_doc([entry("t", "U8", [1], [0, 1]), entry("t", "U8", [1], [64, 65])])
+    _bad_index(document, bytes(65))
+
+
+@pytest.mark.parametrize("shape", [
+    [-1], [2, -2], [1.0], [4.0], [True], [False, 1], [None], ["4"], [[4]], [{"d": 4}],
+    [2**63], [2**64], [2**63 - 1, 2**63 - 1], [2, 2**63 - 1], [10**100],
+    [1] * 65, 4, "4", None, {"0": 4},
+], ids=repr)
+def test_index_bad_shapes(shape):
+    document = index_doc([{"name": "t", "dtype": "U8", "shape": shape, "offsets": [0, 4]}])
+    _bad_index(document, bytes(4))
+
+
+@pytest.mark.parametrize("literal", [b"1e2", b"4.0", b"4e0", b"-0.0", b"1" * 5000, b"-" + b"9" * 5000],
+                         ids=["exp", "frac", "frac-exp", "neg-zero-float", "5000-digits",
+                              "neg-5000-digits"])
+def test_index_number_forms(literal):
+    """Non-integer number forms and integers too long to convert are format errors."""
+    document = (b'{"metadata":null,"tensors":[{"name":"t","dtype":"U8","shape":[' + literal
+                + b'],"offsets":[0,4]}]}')
+    _bad_index(document, bytes(4))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: index._check_shape accepts a zero-element shape whose other dimensions overflow numpy's "
+    "size (e.g. [0, 2**63-1]); nbytes is 0 so the layout checks pass, then numpy.tensor_view's "
+    "reshape raises a bare ValueError ('array is too big'), not a SealError"))
+@pytest.mark.parametrize("shape", [[0, 2**63 - 1], [2**40, 2**40, 0], [0] + [2**62] * 2])
+def test_index_zero_element_shape_with_huge_dims(shape):
+    blob = craft(index_doc([entry("t", "F32", shape, [0, 0])]), b"")
+    rejects(blob, FormatError)
+
+
+@pytest.mark.parametrize("dtype", ["", "F128", "f32", "float32", "U4", "__proto__", "F32 ", 4, None,
+                                   ["F32"]], ids=repr)
+def test_index_unknown_dtypes(dtype):
+    _bad_index(index_doc([entry("t", dtype, [1], [0, 4])]), bytes(4))
+
+
+@pytest.mark.parametrize("tensors,data_length", [
+    ([entry("t", "U8", [4], [1, 5])], 5),                               # does not start at 0
+    ([entry("t", "U8", [4], [0, 4]), entry("u", "U8", [4], [4, 8])], 8),   # not aligned
+    ([entry("t", "U8", [4], [0, 4]), entry("u", "U8", [4], [128, 132])], 132),  # gap
+    ([entry("t", "U8", [100], [0, 100]), entry("u", "U8", [4], [64, 68])], 100),  # overlap
+    ([entry("t", "U8", [4], [0, 4]), entry("u", "U8", [4], [0, 4])], 4),  # same bytes twice
+    ([entry("t", "U8", [4], [0, 8])], 8),                               # end disagrees with shape
+    ([entry("t", "U8", [4], [0, 2])], 4),                               # end short
+    ([entry("t", "U8", [4], [4, 0])], 4),                               # reversed
+    ([entry("t", "U8", [4], [-64, -60])], 4),                           # negative
+    ([entry("t", "U8", [4], [0, 4])], 3),                               # past the end of the data
+    ([entry("t", "F64", [2**20], [0, 2**23])], 8),                      # far past the end
+    ([entry("t", "U8", [2, 2**62], [0, 2**63])], 64),                   # huge, past the end
+    ([entry("t", "U8", [4], [0, 4])], 5),                               # trailing bytes
+    ([entry("t", "U8", [4], [0, 4])], 64),                              # trailing padding
+    ([], 1),                                                            # data but no tensors
+    ([entry("t", "U8", [4], [0, 4, 8])], 4),                            # three offsets
+    ([entry("t", "U8", [4], [0])], 4),                                  # one offset
+    ([entry("t", "U8", [4], [0.0, 4.0])], 4),                           # float offsets
+    ([entry("t", "U8", [4], [False, 4])], 4),                           # bool offset
+    ([entry("t", "U8", [4], [0, 2**64 + 4])], 4),                       # overflowing offset
+    ([entry("t", "U8", [4], ["0", "4"])], 4),                           # string offsets
+], ids=lambda v: None if isinstance(v, list) else str(v))
+def test_index_bad_offsets(tensors, data_length):
+    for entry_ in tensors:  # offsets given as tuples above would serialize fine; keep lists
+        entry_["offsets"] = list(entry_["offsets"])
+    _bad_index(index_doc(tensors), bytes(data_length))
+
+
+@pytest.mark.parametrize("name", ["", "__metadata__", "a" * (MAX_NAME_BYTES + 1), "x" * MiB,
+                                  "é" * (MAX_NAME_BYTES // 2 + 1), 4, None, ["t"], {"t": 1}],
+                         ids=lambda n: repr(n)[:20])
+def test_index_bad_names(name):
+    _bad_index(index_doc([entry(name, "U8", [4], [0, 4])]), bytes(4))
+
+
+def test_index_lone_surrogate_name():
+    document = b'{"metadata":null,"tensors":[{"name":"\\ud800","dtype":"U8","shape":[4],' \
+               b'"offsets":[0,4]}]}'
+    _bad_index(document, bytes(4))
+
+
+def test_index_longest_name_is_accepted():
+    name = "n" * MAX_NAME_BYTES
+    out = stnp.load(craft(index_doc([entry(name, "U8", [4], [0, 4])]), bytes(4)), KEY)
+    assert list(out) == [name]
+
+
+@pytest.mark.parametrize("metadata", [[], "m", 1, True, [["k", "v"]], {"k": 1}, {"k": None},
+                                      {"k": ["v"]}, {"k": {"v": "w"}}, {"k": 1.5}, {"k": True}],
+                         ids=repr)
+def test_index_non_string_metadata(metadata):
+    _bad_index(index_doc([], metadata))
+
+
+def test_index_metadata_lone_surrogate():
+    _bad_index(b'{"metadata":{"\\udfff":"v"},"tensors":[]}')
+    _bad_index(b'{"metadata":{"k":"\\ud800"},"tensors":[]}')
+
+
+def test_index_many_tiny_entries_stay_bounded():
+    """A large authenticated index is parsed in memory proportional to its size, no more."""
+    tensors = [entry(f"t{i}", "U8", [0], [0, 0]) for i in range(20_000)]
+    tensors.append(entry("t0", "U8", [0], [0, 0]))  # duplicate at the very end
+    blob = craft(index_doc(tensors))
+    # Python objects for 20000 parsed entries: about 16 bytes per index byte, nothing more.
+    rejects(blob, FormatError, budget=BASE_BUDGET + 32 * len(blob))
+
+
+@pytest.mark.parametrize("how", OPENERS)
+def test_index_past_authentication_on_disk(how, tmp_path):
+    """The same parser path through a mapped file and through safe_open."""
+    document = index_doc([entry("t", "U8", [2, 2**63 - 1], [0, 4])])
+    rejects(craft(document, bytes(4)), FormatError, how=how, tmp_path=tmp_path)
+
+
+# --- the data message under a valid index ---------------------------------------------------------
+
+
+def test_data_commitment_binds_the_index():
+    """An index altered by someone holding the data key still cannot reuse the old data message."""
+    data_key, file_id = secrets.token_bytes(32), secrets.token_bytes(16)
+    first = craft(index_doc([entry("t", "U8", [4], [0, 4])]), b"abcd", data_key=data_key,
+                  file_id=file_id)
+    second = craft(index_doc([entry("u", "U8", [4], [0, 4])]), b"abcd", data_key=data_key,
+                   file_id=file_id)
+    h = recover(first)[0]
+    rejects(second[:h.data_offset] + first[h.data_offset:], CommitmentError)
+
+
+@pytest.mark.parametrize("how", OPENERS)
+def test_tampered_tensor_chunk_never_returns_plaintext(how, tmp_path):
+    data = bytes(range(256)) * 200  # 51200 bytes: four chunks
+    blob = bytearray(craft(index_doc([entry("t", "U8", [len(data)], [0, len(data)])]), data))
+    blob[-100] ^= 1  # inside the final chunk
+    err = rejects(bytes(blob), IntegrityError, how=how, tmp_path=tmp_path)
+    assert err.chunk_index == 3
+
+
+# --- a kept engine error and the garbage collector --------------------------------------------------
+
+_KEPT_ERROR_SCRIPT = r"""
+import gc, secrets, json, sys
+import numpy as np
+from sealtensors import IntegrityError, chunked, container
+from sealtensors import numpy as stnp
+
+key = bytes(range(32))
+blob = bytearray(stnp.save({"t": np.arange(20000, dtype=np.float32)}, key))
+blob[-100] ^= 1
+blob = bytes(blob)
+
+def attempt():
+    try:
+        stnp.load(blob, key)
+    except IntegrityError as exc:
+        kept = exc  # ordinary code: the frame keeps its exception, a reference cycle
+        return kept
+
+for i in range(100):
+    attempt()
+    gc.collect()
+    junk = [[] for _ in range(200)]
+print("survived")
+"""
+
+
+def test_kept_engine_error_does_not_crash_the_collector(backend, tmp_path):
+    """A tampered file's IntegrityError kept in a reference cycle (``except ... as e: keep = e``)
+    must not crash the interpreter when the garbage collector breaks the cycle.
+
+    Regression test: the C engine wrapper used to keep its ``ffi.from_buffer`` exports alive in the
+    raising frames; CPython before 3.12.7 (gh-77894) then raised BufferError from ``gc.collect()``
+    or segfaulted while clearing the memoryview. Fixed in 35b0ac5 (exports released before raising).
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if backend == "python":
+        env["SEALTENSORS_BACKEND"] = "python"
+    else:
+        env["SEALTENSORS_BACKEND"] = "c"
+        env["SEALTENSORS_AES"] = backend.split("-", 1)[1]
+    result = subprocess.run([sys.executable, "-c", _KEPT_ERROR_SCRIPT], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "survived" in result.stdout, \
+        f"rc={result.returncode}\n{result.stderr[-2000:]}"
+    assert "BufferError" not in result.stderr, result.stderr[-2000:]
