@@ -1,0 +1,422 @@
+"""Tampering with real sealed files: every modification must raise a SealError, never return.
+
+Files: 0 tensors, 1 chunk, 3 chunks, ~20 chunks, and 2 recipients. Modifications: byte flips in every
+region (every byte of the small files, a dense sample of the larger ones), truncation at every region
+boundary and sampled offsets, appended bytes, swapped / duplicated / deleted data chunks, and splices
+of the index, a key slot or the data from another file sealed with the same key.
+
+The rule the library follows (``container.unlock``): once a key's slot is found, every later failure is
+an IntegrityError (a CommitmentError for a salt/commitment). An altered key id does not turn into
+WrongKeyError, because the key's commitment still matches the slot's wrapped key; so with a legitimate
+key no modification here may produce WrongKeyError. Preamble damage is a FormatError (bad magic,
+reserved bits) or an UnsupportedFormatError (version, suite).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import hashlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from sealtensors import chunked, container
+from sealtensors.errors import (
+    CommitmentError,
+    FormatError,
+    IntegrityError,
+    SealError,
+    UnsupportedFormatError,
+    WrongKeyError,
+)
+from sealtensors.numpy import load, load_file, save
+from sealtensors.reader import SealedReader
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(64, 96))
+ECS = chunked.ENCRYPTED_CHUNK_SIZE
+CHUNK = chunked.CHUNK_SIZE
+
+
+def _tensors(data_bytes: int) -> dict:
+    """Tensors whose data section is about ``data_bytes`` long."""
+    rng = np.random.default_rng(data_bytes)
+    if data_bytes == 0:
+        return {}
+    return {
+        "embed": rng.integers(0, 255, size=max(1, data_bytes - 200), dtype=np.uint8),
+        "bias": rng.standard_normal(10).astype(np.float32),
+        "scalar": np.array(3, dtype=np.int64),
+    }
+
+
+FILES = {
+    # name: (data bytes, recipients)
+    "empty": (0, (KEY_A,)),
+    "one-chunk": (2000, (KEY_A,)),
+    "three-chunks": (2 * CHUNK + 5000, (KEY_A,)),
+    "twenty-chunks": (19 * CHUNK + 300, (KEY_A,)),
+    "two-recipients": (1500, (KEY_A, KEY_B)),
+}
+SMALL = ("empty", "one-chunk", "two-recipients")  # every byte flipped in the default run
+
+
+@dataclass(frozen=True)
+class Sealed:
+    name: str
+    blob: bytes
+    keys: tuple
+    header_size: int
+    slot_count: int
+    index_offset: int
+    data_offset: int
+    chunks: int
+
+    def chunk_start(self, i: int) -> int:
+        return self.data_offset + chunked.HEADER_SIZE + i * ECS
+
+    def boundaries(self) -> list[int]:
+        marks = {0, 8, 10, 12, 16, 32, 40, 48, 52, 56, self.header_size - container.MAC_SIZE,
+                 self.header_size, self.index_offset + chunked.HEADER_SIZE, self.data_offset,
+                 self.data_offset + chunked.HEADER_SIZE, len(self.blob)}
+        for s in range(self.slot_count):
+            start = container.FIXED_HEADER_SIZE + s * container.SLOT_SIZE
+            marks.update({start, start + 16, start + 16 + chunked.HEADER_SIZE})
+        for i in range(self.chunks):
+            start = self.chunk_start(i)
+            marks.update({start, min(start + ECS, len(self.blob)) - chunked.TAG_SIZE})
+        return sorted(marks)
+
+
+@functools.lru_cache(maxsize=None)
+def sealed(name: str) -> Sealed:
+    data_bytes, keys = FILES[name]
+    blob = save(_tensors(data_bytes), list(keys), {"name": name})
+    header = container.parse(blob)
+    data_plain = chunked.plaintext_length(header.data_length)
+    return Sealed(name, blob, keys, header.size, len(header.slots), header.index_offset,
+                  header.data_offset, chunked.chunk_count(data_plain))
+
+
+def expected_errors(s: Sealed, position: int):
+    """(acceptable exception types, expected chunk_index or None) for a flip at ``position``."""
+    if position < 8:
+        return (FormatError,), None  # magic
+    if position < 12:
+        return (UnsupportedFormatError,), None  # version, suite
+    if position < 16:
+        return (FormatError,), None  # reserved
+    if position < container.FIXED_HEADER_SIZE:
+        # file id, lengths, slot count, reserved: refused by the parser or by the MAC
+        return (FormatError, IntegrityError), None
+    if position < s.data_offset + chunked.HEADER_SIZE:
+        return (IntegrityError,), None  # slots, MAC, index message, data salt/commitment
+    return (IntegrityError,), (position - s.data_offset - chunked.HEADER_SIZE) // ECS
+
+
+def attempt(blob, key):
+    """Open and fully read ``blob``; returns the exception raised (fails the test if none)."""
+    try:
+        load(blob, key)
+    except SealError as exc:
+        return exc
+    pytest.fail("a modified file loaded without error")
+
+
+def check_flip(s: Sealed, position: int, key: bytes) -> None:
+    tampered = bytearray(s.blob)
+    tampered[position] ^= 1 << (position % 8)
+    exc = attempt(bytes(tampered), key)
+    types, chunk_index = expected_errors(s, position)
+    where = f"{s.name}: flip at {position}"
+    assert not isinstance(exc, WrongKeyError), where
+    assert isinstance(exc, types), f"{where}: {exc!r}"
+    if isinstance(exc, FormatError) and UnsupportedFormatError not in types:
+        assert not isinstance(exc, UnsupportedFormatError), where
+    if chunk_index is not None:
+        assert type(exc) is IntegrityError and exc.chunk_index == chunk_index, f"{where}: {exc!r}"
+    elif isinstance(exc, IntegrityError) and position >= s.data_offset:
+        assert isinstance(exc, CommitmentError), f"{where}: {exc!r}"  # data salt/commitment
+
+
+def dense_sample(s: Sealed, stride: int, edge: int) -> list[int]:
+    """Every byte outside chunk bodies; in each body the first and last ``edge`` bytes and every
+    ``stride``-th byte; every tag byte."""
+    positions = set(range(s.data_offset + chunked.HEADER_SIZE))
+    for i in range(s.chunks):
+        start = s.chunk_start(i)
+        end = min(start + ECS, len(s.blob))
+        body_end = end - chunked.TAG_SIZE
+        positions.update(range(start, min(start + edge, body_end)))
+        positions.update(range(max(start, body_end - edge), end))
+        positions.update(range(start, body_end, stride))
+    return sorted(positions)
+
+
+def _recipient_params():
+    return [pytest.param(name, key_index, id=f"{name}-key{key_index}")
+            for name, (_, keys) in FILES.items() for key_index in range(len(keys))]
+
+
+def test_pristine_files_load():
+    for name in FILES:
+        s = sealed(name)
+        for key in s.keys:
+            loaded = load(s.blob, key)
+            assert list(loaded) == list(_tensors(FILES[name][0]))
+    assert [sealed(n).chunks for n in FILES] == [1, 1, 3, 20, 1]
+    assert sealed("two-recipients").slot_count == 2
+
+
+@pytest.mark.parametrize("name, key_index",
+                         [p for p in _recipient_params() if p.values[0] in SMALL])
+def test_flip_every_byte_small_files(name, key_index):
+    s = sealed(name)
+    for position in range(len(s.blob)):
+        check_flip(s, position, s.keys[key_index])
+
+
+@pytest.mark.parametrize("name, stride, edge", [("three-chunks", 61, 48),
+                                                ("twenty-chunks", 1009, 32)])
+def test_flip_dense_sample_large_files(name, stride, edge):
+    s = sealed(name)
+    positions = dense_sample(s, stride, edge)
+    assert len(positions) > 1000
+    for position in positions:
+        check_flip(s, position, KEY_A)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, key_index",
+                         [p for p in _recipient_params() if p.values[0] not in SMALL])
+def test_flip_every_byte_large_files(name, key_index):
+    s = sealed(name)
+    for position in range(len(s.blob)):
+        check_flip(s, position, s.keys[key_index])
+
+
+@pytest.mark.parametrize("name, key_index", _recipient_params())
+def test_truncation(name, key_index):
+    s = sealed(name)
+    rng = random.Random(name)
+    cuts = set()
+    for mark in s.boundaries():
+        cuts.update(range(mark - 2, mark + 3))
+    cuts.update(rng.randrange(len(s.blob)) for _ in range(60))
+    cuts.update(range(0, 64))
+    for length in sorted(c for c in cuts if 0 <= c < len(s.blob)):
+        exc = attempt(s.blob[:length], s.keys[key_index])
+        expected = FormatError if length < container.PREAMBLE_SIZE else IntegrityError
+        assert isinstance(exc, expected), f"{name}: truncated to {length}: {exc!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FILES))
+def test_every_truncation(name):
+    s = sealed(name)
+    for length in range(len(s.blob)):
+        assert attempt(s.blob[:length], KEY_A) is not None
+
+
+@pytest.mark.parametrize("name, key_index", _recipient_params())
+def test_appended_data(name, key_index):
+    s = sealed(name)
+    last_chunk = s.blob[s.chunk_start(s.chunks - 1):]
+    for suffix in (b"\x00", b"\xff" * 16, last_chunk, s.blob[s.chunk_start(0):s.chunk_start(0) + ECS],
+                   bytes(ECS)):
+        exc = attempt(s.blob + suffix, s.keys[key_index])
+        assert type(exc) is IntegrityError, f"{name}: +{len(suffix)} bytes: {exc!r}"
+
+
+def _chunks(s: Sealed) -> list[bytes]:
+    return [s.blob[s.chunk_start(i):min(s.chunk_start(i) + ECS, len(s.blob))]
+            for i in range(s.chunks)]
+
+
+def _with_chunks(s: Sealed, chunks: list[bytes]) -> bytes:
+    return s.blob[:s.chunk_start(0)] + b"".join(chunks)
+
+
+@pytest.mark.parametrize("name", ["three-chunks", "twenty-chunks"])
+def test_reordered_or_duplicated_chunks(name):
+    s = sealed(name)
+    chunks = _chunks(s)
+    full = s.chunks - 1  # the last chunk is the short final one
+    cases = []
+    for i in range(full):
+        for j in range(i + 1, full):
+            swapped = list(chunks)
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            cases.append((swapped, i))
+            duplicated = list(chunks)
+            duplicated[j] = chunks[i]
+            cases.append((duplicated, j))
+            if len(cases) > 40:
+                break
+    # The short final chunk swapped with the full one before it: same total length, but the chunk
+    # boundaries no longer line up, so the first chunk read is already wrong.
+    cases.append((chunks[:full - 1] + [chunks[-1], chunks[full - 1]], full - 1))
+    for blob_chunks, lowest in cases:
+        blob = _with_chunks(s, blob_chunks)
+        assert len(blob) == len(s.blob)
+        exc = attempt(blob, KEY_A)
+        assert type(exc) is IntegrityError, repr(exc)
+        assert exc.chunk_index == lowest
+
+
+@pytest.mark.parametrize("name", ["three-chunks", "twenty-chunks", "two-recipients"])
+def test_deleted_chunks(name):
+    s = sealed(name)
+    chunks = _chunks(s)
+    for i in range(s.chunks):
+        blob = _with_chunks(s, chunks[:i] + chunks[i + 1:])
+        exc = attempt(blob, KEY_A)
+        assert type(exc) is IntegrityError, f"chunk {i} deleted: {exc!r}"
+
+
+def _data_key(s: Sealed, key: bytes) -> bytes:
+    header = container.parse(s.blob)
+    return container.unlock(header, s.blob[:s.header_size], [key])
+
+
+@pytest.mark.parametrize("name", ["three-chunks", "twenty-chunks"])
+def test_deleted_chunk_with_a_consistent_header(name):
+    """Even a recipient who rewrites the header to match (correct lengths, valid MAC) cannot drop,
+    reorder or cut chunks: each chunk's nonce fixes its position and the final chunk ends the data."""
+    s = sealed(name)
+    data_key = _data_key(s, KEY_A)
+    header = container.parse(s.blob)
+    chunks = _chunks(s)
+    variants = {
+        "drop-first": chunks[1:],
+        "drop-middle": chunks[:1] + chunks[2:],
+        "drop-final": chunks[:-1],
+        "final-only": chunks[-1:],
+        "swap": [chunks[1], chunks[0]] + chunks[2:],
+    }
+    for what, new_chunks in variants.items():
+        data = s.blob[s.data_offset:s.chunk_start(0)] + b"".join(new_chunks)
+        try:
+            chunked.plaintext_length(len(data))
+        except IntegrityError:
+            continue  # no header can even claim this length
+        new_header = container.build(header.file_id, header.index_length, len(data),
+                                     list(header.slots), data_key)
+        blob = new_header + s.blob[s.index_offset:s.data_offset] + data
+        exc = attempt(blob, KEY_A)
+        # The index no longer fits the claimed data length (FormatError) or the chunks fail.
+        assert isinstance(exc, (IntegrityError, FormatError)), f"{what}: {exc!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _twin(name: str) -> Sealed:
+    """Another file with the same tensors, sealed with the same key(s): same sizes, fresh ids/keys."""
+    data_bytes, keys = FILES[name]
+    blob = save(_tensors(data_bytes), list(keys), {"name": name})
+    twin = Sealed(**{**sealed(name).__dict__, "blob": blob})
+    assert len(twin.blob) == len(sealed(name).blob) and twin.blob != sealed(name).blob
+    return twin
+
+
+@pytest.mark.parametrize("name, key_index", _recipient_params())
+def test_splices_from_another_file(name, key_index):
+    s, t = sealed(name), _twin(name)
+    key = s.keys[key_index]
+    regions = {
+        "index": (s.index_offset, s.data_offset),
+        "data": (s.data_offset, len(s.blob)),
+        "data-header": (s.data_offset, s.data_offset + chunked.HEADER_SIZE),
+        "first-chunk": (s.chunk_start(0), min(s.chunk_start(0) + ECS, len(s.blob))),
+        "mac": (s.header_size - container.MAC_SIZE, s.header_size),
+        "header": (0, s.header_size),
+        "header-without-mac": (0, s.header_size - container.MAC_SIZE),
+        "file-id": (16, 32),
+        "index-and-data": (s.index_offset, len(s.blob)),
+    }
+    for slot in range(s.slot_count):
+        start = container.FIXED_HEADER_SIZE + slot * container.SLOT_SIZE
+        regions[f"slot{slot}"] = (start, start + container.SLOT_SIZE)
+        regions[f"slot{slot}-wrapped"] = (start + 16, start + container.SLOT_SIZE)
+    for what, (begin, end) in regions.items():
+        blob = s.blob[:begin] + t.blob[begin:end] + s.blob[end:]
+        exc = attempt(blob, key)
+        assert type(exc) in (IntegrityError, CommitmentError), f"{name}: {what}: {exc!r}"
+
+
+def test_slot_transplanted_between_files_with_the_mac_recomputed():
+    """A slot copied from another file does not open this one, even under a recomputed MAC: the
+    slot's context binds the file id."""
+    s, t = sealed("two-recipients"), _twin("two-recipients")
+    data_key = _data_key(s, KEY_A)
+    header, other = container.parse(s.blob), container.parse(t.blob)
+    slots = [header.slots[0], other.slots[1]]
+    blob = container.build(header.file_id, header.index_length, header.data_length, slots,
+                           data_key) + s.blob[s.header_size:]
+    load(blob, KEY_A)  # the untouched slot still works
+    exc = attempt(blob, KEY_B)
+    assert type(exc) is IntegrityError and "slot" in str(exc)
+
+
+def test_key_id_altered_is_integrity_not_wrong_key():
+    s = sealed("one-chunk")
+    start = container.FIXED_HEADER_SIZE
+    for offset in (0, 7, 15):
+        tampered = bytearray(s.blob)
+        tampered[start + offset] ^= 0x40
+        exc = attempt(bytes(tampered), KEY_A)
+        assert type(exc) is IntegrityError and "key id" in str(exc)
+        # A key that never had a slot still gets WrongKeyError.
+        with pytest.raises(WrongKeyError):
+            load(bytes(tampered), bytes(32))
+
+
+def test_reader_verify_and_ranges_fail_on_tampered_chunks():
+    s = sealed("three-chunks")
+    tampered = bytearray(s.blob)
+    tampered[s.chunk_start(1) + 5] ^= 1
+    with SealedReader.from_bytes(bytes(tampered), KEY_A) as reader:
+        reader.read_range(0, 100)  # chunk 0 is intact
+        with pytest.raises(IntegrityError) as info:
+            reader.read_range(CHUNK + 10, CHUNK + 20)
+        assert info.value.chunk_index == 1
+        with pytest.raises(IntegrityError):
+            reader.verify()
+        dst = np.full(reader.data_length, 0xA5, dtype=np.uint8)
+        with pytest.raises(IntegrityError):
+            reader.read_all_into(dst)
+        assert not dst.any()
+
+
+def test_tampered_files_on_disk(tmp_path):
+    """The file path (mmap + fd) reports the same as bytes, for a sample of modifications."""
+    s = sealed("three-chunks")
+    path = tmp_path / "model.sealed"
+    for position in (3, 9, 20, 60, s.header_size - 1, s.index_offset + 60, s.data_offset + 3,
+                     s.chunk_start(0) + 100, s.chunk_start(2) + 1, len(s.blob) - 1):
+        tampered = bytearray(s.blob)
+        tampered[position] ^= 0x10
+        path.write_bytes(bytes(tampered))
+        with pytest.raises(SealError) as info:
+            load_file(path, KEY_A)
+        types, _ = expected_errors(s, position)
+        assert isinstance(info.value, types)
+    for length in (0, 10, 100, s.data_offset, len(s.blob) - 1):
+        path.write_bytes(s.blob[:length])
+        with pytest.raises(SealError):
+            load_file(path, KEY_A)
+    path.write_bytes(s.blob + b"\x00")
+    with pytest.raises(IntegrityError):
+        load_file(path, KEY_A)
+
+
+def test_mac_covers_the_whole_header():
+    """The MAC is HMAC-SHA-256 under a key derived from the DEK over every header byte before it."""
+    s = sealed("two-recipients")
+    data_key = _data_key(s, KEY_B)
+    mac_key = container.mac_key(data_key)
+    body = s.blob[:s.header_size - container.MAC_SIZE]
+    assert hmac.new(mac_key, body, hashlib.sha256).digest() == \
+        s.blob[s.header_size - container.MAC_SIZE:s.header_size]
