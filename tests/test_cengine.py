@@ -125,6 +125,26 @@ def test_nonfinal_span_round_trip(engine, chunks, threads):
     assert out == plaintext
 
 
+@pytest.mark.parametrize("skew", [1, 3, 8, 15])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_unaligned_large_destination(engine, tmpfile, skew, threads):
+    """Spans of 128+ chunks decrypt through streaming stores: any destination alignment works."""
+    key, nonce = keys(skew)
+    plaintext = os.urandom(150 * CHUNK_SIZE + 77)
+    ciphertext = encrypt_reference(key, nonce, 0, plaintext, True)
+    backing = bytearray(len(plaintext) + 64)
+    out = memoryview(backing)[skew:skew + len(plaintext)]
+    engine.decrypt_span(key, nonce, 0, ciphertext, out, final=True, threads=threads)
+    assert out == plaintext
+    assert backing[:skew] == bytes(skew) and not any(backing[skew + len(plaintext):])
+    fd, _ = tmpfile
+    write_file(fd, ciphertext)
+    backing[:] = bytes(len(backing))
+    engine.decrypt_span_fd(key, nonce, 0, fd, 0, len(ciphertext), out, final=True, threads=threads)
+    assert out == plaintext
+    assert backing[:skew] == bytes(skew) and not any(backing[skew + len(plaintext):])
+
+
 def test_last_counters(engine):
     key, nonce = keys(9)
     plaintext = os.urandom(3 * CHUNK_SIZE + 9)
