@@ -1,8 +1,9 @@
 """The ``sealtensors`` command line: every subcommand in-process, exit codes, and no leaks.
 
-``main([...])`` runs in-process (capsys captures its output); two real subprocess runs check
-``python -m sealtensors`` itself, including the demo. Like every test here, each runs once per engine
-(the autouse ``backend`` fixture in conftest.py); the subprocesses are pointed at the same engine.
+``main([...])`` runs in-process (capsys captures its output); real subprocess runs check
+``python -m sealtensors`` itself, including the demo. Like every test here, each runs once per
+engine (the autouse ``backend`` fixture in conftest.py); the subprocesses are pointed at the same
+engine.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def test_wrong_key_exits_3(tmp_path, sealed, keys, capsys, command):
 def test_garbage_file_exits_4(tmp_path, keys, capsys, command):
     garbage = tmp_path / "garbage.sealed"
     garbage.write_bytes(os.urandom(4096))
-    extra = {"unseal": [tmp_path / "out.safetensors"], "rewrap": ["--add", keys[1]]}.get(command, [])
+    extra = {"unseal": [tmp_path / "out.safetensors"],
+             "rewrap": ["--add", keys[1]]}.get(command, [])
     code, _, err = run(capsys, command, garbage, *extra, "--key-file", keys[0])
     assert_clean_failure(code, cli.EXIT_FORMAT, err)
 

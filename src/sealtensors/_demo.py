@@ -1,10 +1,10 @@
 """``sealtensors demo``: the whole life of a sealed model, end to end, in a few seconds.
 
-Builds a small transformer-shaped model with numpy (F32 embeddings and norms, BF16 attention, F16 MLP),
-writes it as a plain ``.safetensors`` file, generates a key, seals the file, loads it back, checks that
-every tensor is bit-identical, authenticates the whole file, and shows what the file reveals without
-the key and how tampering and a wrong key are told apart. Needs nothing beyond sealtensors' own
-dependencies.
+Builds a small transformer-shaped model with numpy (F32 embeddings and norms, BF16 attention, F16
+MLP), writes it as a plain ``.safetensors`` file, generates a key, seals the file, loads it back,
+checks that every tensor is bit-identical, authenticates the whole file, and shows what the file
+reveals without the key and how tampering and a wrong key are told apart. Needs nothing beyond
+sealtensors' own dependencies.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _d_model(size_mib: float) -> int:
     return max(16, int(round(d / 16)) * 16)
 
 
-def build_model(size_mib: float = 64.0, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def build_model(size_mib: float = 64.0,
+                seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A transformer-like set of tensors of about ``size_mib`` MiB, and its metadata."""
     rng = np.random.default_rng(seed)
     d = _d_model(size_mib)
@@ -61,6 +62,14 @@ def build_model(size_mib: float = 64.0, seed: int = 0) -> tuple[dict[str, np.nda
     return tensors, metadata
 
 
+def _same(loaded, original: np.ndarray) -> bool:
+    """Same dtype, shape and bytes (bytes, so that NaNs and signed zeros count too)."""
+    return (loaded is not None and loaded.dtype == original.dtype
+            and loaded.shape == original.shape
+            and np.array_equal(loaded.reshape(-1).view(np.uint8),
+                               original.reshape(-1).view(np.uint8)))
+
+
 def _mib(nbytes: int) -> str:
     return f"{nbytes / MIB:.1f} MiB"
 
@@ -77,7 +86,8 @@ def _timed(func, *args, **kwargs):
 
 def _expect_failure(func) -> tuple[type, int | None]:
     """Run ``func``, which must fail; return the type of the error that explains the failure and
-    its failing chunk (if any). Only these are kept, not the exception and its traceback's frames."""
+    its failing chunk (if any). Only these are kept, not the exception and its traceback's
+    frames."""
     try:
         func()
     except Exception as exc:  # noqa: BLE001 - classified by the caller
@@ -96,7 +106,8 @@ def _summary(exc: BaseException) -> tuple[type, int | None]:
 
 def run_demo(size_mib: float = 64.0, directory: str | os.PathLike | None = None,
              out: Callable[[str], None] = print) -> int:
-    """Run the demo in ``directory`` (kept) or a temporary directory (removed); returns 0 on success."""
+    """Run the demo in ``directory`` (kept) or a temporary directory (removed); returns 0 on
+    success."""
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="sealtensors-demo-") as temp:
             return _run(Path(temp), size_mib, out, keep=False)
@@ -147,11 +158,7 @@ def _run(workdir: Path, size_mib: float, out: Callable[[str], None], keep: bool)
         f"{seal_s:.2f} s = {_rate(nbytes, seal_s)}")
 
     loaded, load_s = _timed(st_numpy.load_file, sealed, str(key_path))
-    identical = sum(
-        1 for name, array in tensors.items()
-        if name in loaded and loaded[name].dtype == array.dtype and loaded[name].shape == array.shape
-        and np.array_equal(loaded[name].reshape(-1).view(np.uint8), array.reshape(-1).view(np.uint8))
-    )
+    identical = sum(1 for name, array in tensors.items() if _same(loaded.get(name), array))
     out(f"  load        sealtensors.numpy.load_file in {load_s:.2f} s = {_rate(nbytes, load_s)}; "
         f"{identical}/{len(tensors)} tensors bit-identical")
     if identical != len(tensors) or len(loaded) != len(tensors):
@@ -160,8 +167,8 @@ def _run(workdir: Path, size_mib: float, out: Callable[[str], None], keep: bool)
     del loaded
 
     summary, verify_s = _timed(sealtensors.verify, sealed, str(key_path))
-    out(f"  verify      every byte authenticated ({summary['tensors']} tensors) in {verify_s:.2f} s "
-        f"= {_rate(summary['data_size'], verify_s)}")
+    out(f"  verify      every byte authenticated ({summary['tensors']} tensors) in "
+        f"{verify_s:.2f} s = {_rate(summary['data_size'], verify_s)}")
 
     with sealtensors.safe_open(sealed, "np", key=str(key_path)) as handle:
         rows, slice_s = _timed(lambda: handle.get_slice("layers.0.mlp.up.weight")[:8])
@@ -170,13 +177,15 @@ def _run(workdir: Path, size_mib: float, out: Callable[[str], None], keep: bool)
 
     report = sealtensors.inspect(sealed)
     count = len(report["recipients"])
-    out(f"  no key      inspect shows sizes and {count} recipient key id{'s' if count != 1 else ''}; "
+    plural = "s" if count != 1 else ""
+    out(f"  no key      inspect shows sizes and {count} recipient key id{plural}; "
         "tensor names, shapes and metadata stay encrypted")
 
     tampered = workdir / "sealtensors-demo.tampered"
     shutil.copyfile(sealed, tampered)
     with open(tampered, "r+b") as handle:
-        position = report["header_size"] + report["index_message_size"] + report["data_message_size"] // 2
+        position = (report["header_size"] + report["index_message_size"]
+                    + report["data_message_size"] // 2)
         handle.seek(position)
         byte = handle.read(1)
         handle.seek(position)

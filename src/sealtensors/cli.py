@@ -46,7 +46,7 @@ environment:
 """
 
 
-# --- output helpers --------------------------------------------------------------------------------
+# --- output helpers -------------------------------------------------------------------------------
 
 
 def human_size(nbytes: float) -> str:
@@ -85,8 +85,9 @@ class _TinyBar:
         width = 30
         filled = int(fraction * width)
         rate = self.done / max(now - self.start, 1e-9)
-        sys.stderr.write(f"\r{self.desc:<10} {fraction:4.0%} [{'#' * filled}{' ' * (width - filled)}] "
-                         f"{human_size(self.done)} / {human_size(self.total)}  {human_size(rate)}/s ")
+        bar = "#" * filled + " " * (width - filled)
+        sys.stderr.write(f"\r{self.desc:<10} {fraction:4.0%} [{bar}] {human_size(self.done)} / "
+                         f"{human_size(self.total)}  {human_size(rate)}/s ")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -96,7 +97,8 @@ class _TinyBar:
 
 
 class _Progress:
-    """Context manager giving a ``progress(bytes_done)`` callback, or None when stderr is no terminal."""
+    """A context manager giving a ``progress(bytes_done)`` callback, or None when stderr is not
+    a terminal."""
 
     def __init__(self, total: int, desc: str) -> None:
         self.total = total
@@ -152,7 +154,7 @@ def _key_id_hex(key: bytes) -> str:
     return key_id(key).hex()
 
 
-# --- subcommands -----------------------------------------------------------------------------------
+# --- subcommands ----------------------------------------------------------------------------------
 
 
 def cmd_keygen(args) -> int:
@@ -191,7 +193,8 @@ def cmd_seal(args) -> int:
     elapsed = time.perf_counter() - started
     size = os.path.getsize(args.dst)
     ids = ", ".join(_key_id_hex(key) for key in keys)
-    _out(f"sealed {args.src} -> {args.dst} ({human_size(size)}, {elapsed:.2f} s) for key id(s) {ids}")
+    _out(f"sealed {args.src} -> {args.dst} ({human_size(size)}, {elapsed:.2f} s) "
+         f"for key id(s) {ids}")
     return EXIT_OK
 
 
@@ -251,7 +254,8 @@ def cmd_inspect(args) -> int:
     for rid in report["recipients"]:
         _out(f"  key id {rid}")
     if "tensors" not in report:
-        _out("tensor names, dtypes, shapes and metadata are encrypted; pass --key-file to list them")
+        _out("tensor names, dtypes, shapes and metadata are encrypted; "
+             "pass --key-file to list them")
         return EXIT_OK
     metadata = report.get("metadata") or {}
     _out(f"metadata:    {len(metadata)} entries")
@@ -322,7 +326,7 @@ def cmd_demo(args) -> int:
     return run_demo(size_mib=args.size_mib, directory=args.dir, out=_out)
 
 
-# --- argument parsing ------------------------------------------------------------------------------
+# --- argument parsing -----------------------------------------------------------------------------
 
 
 class _UsageError(Exception):
@@ -397,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", "-f", action="store_true", help="replace DST if it exists")
     threads_option(p)
 
-    p = add("inspect", "show sizes and recipients (no key needed); with a key, tensors and metadata",
+    p = add("inspect", "show sizes and recipients (no key needed); with a key, tensors and "
+                       "metadata",
             cmd_inspect)
     p.add_argument("src", metavar="FILE")
     key_option(p, required=False, help_text="a key file: also list tensors and metadata")
@@ -428,11 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-mib", type=_positive_float, default=64.0, metavar="N",
                    help="approximate model size in MiB (default 64)")
     p.add_argument("--dir", metavar="DIR",
-                   help="keep the files in DIR (default: a temporary directory, removed afterwards)")
+                   help="keep the files in DIR (default: a temporary directory, removed "
+                        "afterwards)")
     return parser
 
 
-# --- errors -> exit codes --------------------------------------------------------------------------
+# --- errors -> exit codes -------------------------------------------------------------------------
 
 
 def _one_line(text: str) -> str:
@@ -454,8 +460,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    """The error to report: a BufferError raised while cleaning up after a sealtensors error (closing
-    a memory map whose views the failing call still held) must not hide the real failure."""
+    """The error to report: a BufferError raised while cleaning up after a sealtensors error
+    (closing a memory map whose views the failing call still held) must not hide the real
+    failure."""
     from .errors import SealError
 
     context = exc.__context__
