@@ -1,6 +1,9 @@
 """Raw span decrypt throughput of the C engine per provider and thread count, next to numpy.copyto of
 the same bytes (the memory bound), measured in the same run. Used for the table in docs/ENGINE.md.
 
+Every round times each configuration once, in turn (copy, then each provider x threads), so that all
+of them see the same machine load; the table reports the median and the best round.
+
     python csrc/tests/bench_decrypt.py [--gib 1] [--repeat 5] [--threads 1,2]
 """
 
@@ -17,15 +20,10 @@ from sealtensors._cengine import CEngine, available_providers
 from sealtensors._engine_api import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, span_ciphertext_length
 
 
-def timings(fn, repeat: int) -> tuple[float, float]:
-    """(median, best) seconds of ``repeat`` runs after one warm-up run."""
+def seconds(fn) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -42,28 +40,37 @@ def main() -> None:
     dst = np.ones(size, dtype=np.uint8)  # pre-faulted
     CEngine("openssl").encrypt_span(key, nonce, 0, plaintext, ciphertext, final=True)
 
-    def rate(seconds: tuple[float, float]) -> str:
-        return f"median {size / seconds[0] / 1e9:6.2f} GB/s, best {size / seconds[1] / 1e9:6.2f} GB/s"
-
-    print(f"{size / 2**30:.2f} GiB, {args.repeat} runs, GB/s = 1e9 plaintext bytes per second, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"numpy.copyto (memory bound): {rate(timings(lambda: np.copyto(dst, plaintext), args.repeat))}")
+    configs = {"numpy.copyto (memory bound)": lambda: np.copyto(dst, plaintext)}
     for provider in available_providers():
         engine = CEngine(provider)
         for threads in (int(t) for t in args.threads.split(",")):
-            seconds = timings(
-                lambda: engine.decrypt_span(key, nonce, 0, ciphertext, dst, final=True,
-                                            threads=threads), args.repeat)
-            assert np.array_equal(dst[:1 << 20], plaintext[:1 << 20])
-            assert np.array_equal(dst[-(1 << 20):], plaintext[-(1 << 20):])
-            print(f"decrypt {provider:8s} ({engine.info()['cpu_path']}), {threads} thread(s): "
-                  f"{rate(seconds)}")
-        # the cipher alone: a 1 MiB span that stays in cache, best of 200
-        small_ct, small_out = ciphertext[:64 * ENCRYPTED_CHUNK_SIZE], dst[:64 * CHUNK_SIZE]
-        best = min(timings(lambda: engine.decrypt_span(key, nonce, 0, small_ct, small_out,
-                                                       final=False, threads=1), 200))
-        print(f"decrypt {provider:8s} in cache (1 MiB span, 1 thread): best "
-              f"{small_out.size / best / 1e9:6.2f} GB/s")
+            label = f"decrypt {provider} ({engine.info()['cpu_path']}), {threads} thread(s)"
+            configs[label] = (lambda e=engine, t=threads: e.decrypt_span(
+                key, nonce, 0, ciphertext, dst, final=True, threads=t))
+    times: dict[str, list[float]] = {label: [] for label in configs}
+    for fn in configs.values():
+        fn()  # warm up
+    for _ in range(args.repeat):
+        for label, fn in configs.items():
+            times[label].append(seconds(fn))
+            if label.startswith("decrypt"):
+                assert np.array_equal(dst[:1 << 20], plaintext[:1 << 20])
+                assert np.array_equal(dst[-(1 << 20):], plaintext[-(1 << 20):])
+
+    print(f"{size / 2**30:.2f} GiB, {args.repeat} rounds, GB/s = 1e9 plaintext bytes per second, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    for label, values in times.items():
+        print(f"{label:66s} median {size / statistics.median(values) / 1e9:6.2f} GB/s, "
+              f"best {size / min(values) / 1e9:6.2f} GB/s")
+    # the cipher alone: a 1 MiB span that stays in cache, best of 200
+    small_ct, small_out = ciphertext[:64 * ENCRYPTED_CHUNK_SIZE], dst[:64 * CHUNK_SIZE]
+    for provider in available_providers():
+        engine = CEngine(provider)
+        best = min(seconds(lambda: engine.decrypt_span(key, nonce, 0, small_ct, small_out,
+                                                       final=False, threads=1))
+                   for _ in range(200))
+        print(f"{'decrypt ' + provider + ' in cache (1 MiB span, 1 thread)':66s} "
+              f"best {small_out.size / best / 1e9:6.2f} GB/s")
 
 
 if __name__ == "__main__":
