@@ -133,9 +133,6 @@ def _assert_integrity_failure(key, message):
         assert dst == bytes(length)
 
 
-@pytest.mark.xfail(strict=True, reason="chunked.decrypt_into does not wipe dst when open_message "
-                   "fails (short header, commitment mismatch), although its docstring and "
-                   "IntegrityError's say the destination is wiped on failure")
 @pytest.mark.parametrize("message_length", [0, HEADER - 1, "commitment"])
 def test_decrypt_into_wipes_on_header_failure(message_length):
     key = bytes(range(32))

@@ -195,8 +195,6 @@ def test_get_slice_bad_indices_raise(sealed):
                 handle.get_slice(name)[index]
 
 
-@pytest.mark.xfail(strict=True, reason="_slicing.plan_rows accepts a float row index equal to an "
-                   "integer (1.0 selects row 1) where numpy and safetensors raise IndexError")
 @pytest.mark.parametrize("index", [1.0, np.float64(2.0), (1.0, 0)], ids=repr)
 def test_get_slice_rejects_integral_floats_like_numpy(sealed, index):
     with pytest.raises(IndexError):

@@ -272,9 +272,6 @@ def test_progress_reports_increasing_counts_ending_at_the_data_size(tmp_path, ex
     assert np.array_equal(back["big"], big)
 
 
-@pytest.mark.xfail(strict=True, reason="minor: when the data size is a multiple of the 16 MiB span, "
-                   "writer._DataEncryptor.finish() and unseal_file's empty final span each report "
-                   "the same count twice")
 def test_progress_counts_strictly_increase_when_data_fills_whole_spans(tmp_path):
     source = tmp_path / "m.safetensors"
     safetensors_numpy.save_file({"w": np.zeros(16 * MiB, dtype=np.uint8)}, str(source))
@@ -426,9 +423,6 @@ def test_unseal_anonymous_memory_does_not_grow_with_the_file(backend, plain_pair
     assert large["anon_growth_mib"] < 64, large
 
 
-@pytest.mark.xfail(strict=True, reason="SealedReader mmaps the whole sealed file and iter_spans "
-                   "decrypts from the mapping, so unseal_file's resident set (ru_maxrss) grows by "
-                   "the file size (file-backed pages); decrypt_span_fd would keep it bounded")
 def test_unseal_peak_rss_does_not_grow_with_the_file(backend, plain_pair, tmp_path):
     results = unseal_measurements(backend, plain_pair, tmp_path)
     small, large = results[SMALL], results[LARGE]
@@ -458,8 +452,6 @@ def test_unseal_600_mib_anonymous_memory_stays_bounded(backend, plain_600, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="unseal_file decrypts from an mmap of the whole file: peak RSS "
-                   "grows by the file size (see test_unseal_peak_rss_does_not_grow_with_the_file)")
 def test_unseal_600_mib_peak_rss_stays_well_under_the_file_size(backend, plain_600, tmp_path):
     sealed = tmp_path / "big.sealed"
     sealtensors.seal_file(plain_600, sealed, KEY)

@@ -131,8 +131,6 @@ def test_requires_grad_input_is_detached():
     assert torch.equal(loaded, weight.detach())
 
 
-@pytest.mark.xfail(strict=True, reason="sealtensors.torch._tensor_bytes views a conjugate / negative "
-                   "view as uint8 without resolve_conj()/resolve_neg(): torch raises RuntimeError")
 @pytest.mark.parametrize("make", [lambda t: t.conj(), lambda t: t._neg_view()], ids=["conj", "neg"])
 def test_conjugate_and_negative_views_can_be_saved(make):
     source = torch.randn(4, 3, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))

@@ -41,12 +41,9 @@ def plan_rows(index, shape: tuple[int, ...]) -> tuple[int, int, tuple]:
         else:
             relative = np.arange(selected.start, selected.stop, selected.step) - first
         return first, stop, (relative,) + rest
-    try:
-        row = int(head)
-    except TypeError:
-        raise IndexError("get_slice supports integers, slices and an ellipsis") from None
-    if isinstance(head, (bool, np.bool_)) or row != head:
+    if isinstance(head, (bool, np.bool_)) or not isinstance(head, (int, np.integer)):
         raise IndexError("get_slice supports integers, slices and an ellipsis")
+    row = int(head)
     if not -rows <= row < rows:
         raise IndexError(f"index {row} is out of bounds for dimension 0 of size {rows}")
     row %= rows

@@ -54,7 +54,7 @@ def unseal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrit
                 for span in reader.iter_spans(threads=threads):
                     yield span
                     done += len(span)
-                    if progress is not None:
+                    if progress is not None and len(span):
                         progress(done)
 
             write_unpadded(out, reader.index, spans())

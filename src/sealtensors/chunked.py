@@ -151,8 +151,8 @@ def decrypt_into(key: bytes, ciphertext, dst, context: bytes = b"", *, threads: 
     """
     source = memoryview(ciphertext).cast("B")
     target = memoryview(dst).cast("B")
-    keys = open_message(key, source, context)
     try:
+        keys = open_message(key, source, context)
         expected = plaintext_length(len(source))
     except IntegrityError:
         target[:] = bytes(len(target))

@@ -41,7 +41,7 @@ WRAPPED_KEY_SIZE = chunked.ciphertext_length(KEY_SIZE)  # 104
 SLOT_SIZE = KEY_ID_SIZE + WRAPPED_KEY_SIZE  # 120
 MAX_SLOTS = 1024
 MAX_INDEX_MESSAGE = chunked.ciphertext_length(MAX_INDEX_BYTES)
-MAX_DATA_MESSAGE = chunked.ciphertext_length((chunked.MAX_CHUNKS - 1) * chunked.CHUNK_SIZE)
+MAX_DATA_MESSAGE = chunked.ciphertext_length(chunked.MAX_CHUNKS * chunked.CHUNK_SIZE - 1)
 
 _FIXED = struct.Struct("<8sHHI16sQQII")
 assert _FIXED.size == FIXED_HEADER_SIZE
@@ -143,6 +143,8 @@ def parse(buffer: bytes) -> Header:
         start = FIXED_HEADER_SIZE + i * SLOT_SIZE
         raw = bytes(buffer[start:start + SLOT_SIZE])
         slots.append(Slot(raw[:KEY_ID_SIZE], raw[KEY_ID_SIZE:]))
+    if len({slot.key_id for slot in slots}) != len(slots):
+        raise FormatError("two key slots carry the same key id")
     mac = bytes(buffer[size - MAC_SIZE:size])
     return Header(version, suite, file_id, index_len, data_len, tuple(slots), mac)
 

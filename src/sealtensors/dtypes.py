@@ -28,9 +28,8 @@ _NUMPY_DTYPES: dict[str, np.dtype] = {
     "C64": np.dtype(np.complex64),
     "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
-if hasattr(ml_dtypes, "float8_e8m0fnu"):
-    _NUMPY_DTYPES["F8_E8M0"] = np.dtype(ml_dtypes.float8_e8m0fnu)
 
 DTYPE_NAMES: tuple[str, ...] = tuple(_NUMPY_DTYPES)
 _NAME_OF_NUMPY = {dtype: name for name, dtype in _NUMPY_DTYPES.items()}

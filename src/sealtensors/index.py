@@ -53,10 +53,17 @@ def align_up(value: int, alignment: int = ALIGNMENT) -> int:
 
 
 def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
+    """Byte length of a tensor. Even a zero-element tensor must have a shape an array library can
+    represent: the product of its non-zero dimensions times the item size must fit in 2**63-1."""
     count = 1
+    extent = 1
     for dim in shape:
         count *= dim
-    return count * item_size(dtype)
+        extent *= max(dim, 1)
+    size = item_size(dtype)
+    if extent * size > MAX_DIM:
+        raise FormatError(f"shape {list(shape)} of {dtype} is too large to represent")
+    return count * size
 
 
 def _check_name(name) -> str:

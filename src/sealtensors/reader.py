@@ -124,6 +124,16 @@ class SealedReader:
         chunked.decrypt_chunk_range_into(self._data_keys, self._data_view, first, stop, dst,
                                          threads=threads)
 
+    def _stream_chunks(self, first: int, stop: int, dst, threads: int) -> None:
+        # Streaming passes read with pread, not through the mapping: file-backed pages of the mmap
+        # would otherwise count in the resident set and grow with the file.
+        if self._source.fd is None:
+            self._decrypt_chunks(first, stop, dst, threads)
+            return
+        chunked.decrypt_chunk_range_fd_into(self._data_keys, self._source.fd, self.header.data_offset,
+                                            self.header.data_length, first, stop, dst,
+                                            threads=threads)
+
     def read_chunks_into(self, first: int, stop: int, dst, *, threads: int = 0) -> None:
         """Decrypt data chunks [first, stop) into ``dst`` (exactly their plaintext length); on
         failure ``dst`` is wiped. The building block of staged (GPU) uploads."""
@@ -169,7 +179,7 @@ class SealedReader:
             for first in range(0, self._chunk_total, span_chunks):
                 stop = min(first + span_chunks, self._chunk_total)
                 length = self._plaintext_of_chunks(first, stop)
-                self._decrypt_chunks(first, stop, buffer[:length], threads)
+                self._stream_chunks(first, stop, buffer[:length], threads)
                 yield memoryview(buffer[:length])
         finally:
             buffer.fill(0)

@@ -83,7 +83,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
-    tensor = tensor.contiguous()
+    # Lazy conjugate / negative views must be materialised before their bytes are read.
+    tensor = tensor.resolve_conj().resolve_neg().contiguous()
     if tensor.numel() == 0:
         return np.empty(0, dtype=np.uint8)
     return tensor.reshape(-1).view(torch.uint8).numpy()

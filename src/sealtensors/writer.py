@@ -72,8 +72,9 @@ class _DataEncryptor:
         self._out.write(cipher)
         self._next_chunk += self._fill // chunked.CHUNK_SIZE
         self.written += self._fill
+        advanced = self._fill > 0
         self._fill = 0
-        if self._progress is not None:
+        if self._progress is not None and advanced:
             self._progress(self.written)
 
     def finish(self) -> None:
