@@ -162,3 +162,36 @@ def test_kept_errors_are_collectable(tmp_path, backend):
     assert fds1 == fds0
     assert objects1 - objects0 <= 300
     assert rss1 - rss0 <= 6 * MiB
+
+
+def _mapping_of(address: int) -> tuple[str, list[str]] | None:
+    """(range line, VmFlags) of the mapping holding ``address`` in /proc/self/smaps, or None."""
+    current = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                current = line.strip() if low <= address < high else None
+            elif current is not None and line.startswith("VmFlags:"):
+                return current, fields[1:]
+    return None
+
+
+def test_plaintext_is_dontdump_and_unmapped_when_the_last_view_dies(tmp_path):
+    """The decrypted buffer of a load is its own mapping, excluded from core dumps (MADV_DONTDUMP:
+    VmFlags 'dd'), and gone once the last array viewing it is collected (it is wiped first)."""
+    workload = Workload(tmp_path)
+    out = stnp.load(workload.blob, KEY)
+    address = out["w"].__array_interface__["data"][0]  # tensor "w" begins at offset 0
+    found = _mapping_of(address)
+    assert found is not None
+    assert "dd" in found[1], f"plaintext mapping not MADV_DONTDUMP: {found}"
+    view = out["b"]
+    del out
+    gc.collect()
+    assert _mapping_of(address) is not None  # "b" still views the buffer
+    del view
+    gc.collect()
+    again = _mapping_of(address)
+    assert again is None or again[0] != found[0], "plaintext mapping outlived its last view"
