@@ -612,3 +612,47 @@ def test_kept_engine_error_does_not_crash_the_collector(backend, tmp_path):
     assert result.returncode == 0 and "survived" in result.stdout, \
         f"rc={result.returncode}\n{result.stderr[-2000:]}"
     assert "BufferError" not in result.stderr, result.stderr[-2000:]
+
+
+# --- storage that changes under an open handle --------------------------------------------------------
+
+_SHRINKING_FILE_SCRIPT = r"""
+import os, sys
+import numpy as np
+from sealtensors import SealError, safe_open
+from sealtensors import numpy as stnp
+
+key = bytes(range(32))
+path = sys.argv[1]
+stnp.save_file({"w": np.zeros(200_000, np.float32)}, path, key)
+with safe_open(path, "np", key=key) as handle:
+    os.truncate(path, 4096)  # the storage shrinks the file after it was opened and authenticated
+    try:
+        handle.get_tensor("w")
+        print("accepted")
+    except (SealError, OSError) as exc:
+        print("typed", type(exc).__name__)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: reader.SealedReader.read_range/read_all_into (src/sealtensors/reader.py, _decrypt_chunks) "
+    "decrypt from the file's mmap; a file truncated after open (the attacker controls storage) "
+    "makes the first touch of a page past the new end raise SIGBUS and kill the process, instead "
+    "of a typed error. The pread path (_stream_chunks, st_decrypt_span_fd) reports ST_E_LENGTH."))
+def test_file_truncated_under_an_open_handle_is_a_typed_error(backend, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if backend == "python":
+        env["SEALTENSORS_BACKEND"] = "python"
+    else:
+        env["SEALTENSORS_BACKEND"] = "c"
+        env["SEALTENSORS_AES"] = backend.split("-", 1)[1]
+    result = subprocess.run([sys.executable, "-c", _SHRINKING_FILE_SCRIPT,
+                             str(tmp_path / "shrinking.sealed")],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"process died: rc={result.returncode} {result.stderr[-500:]}"
+    assert result.stdout.startswith("typed"), result.stdout
