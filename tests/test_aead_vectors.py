@@ -235,3 +235,39 @@ def test_non_bytes_arguments():
         aead.seal(KEY, NONCE, "text")
     with pytest.raises(TypeError):
         aead.open(KEY, NONCE, None)
+
+
+def test_engine_single_message_calls_are_used_when_offered(monkeypatch):
+    """An engine with ``aead_seal`` / ``aead_open`` (the C engine may offer them) does the work;
+    aead still validates sizes first, and the engine's IntegrityError reaches the caller."""
+    from Crypto.Cipher import AES
+
+    calls = []
+
+    class WithAead:
+        name = "with-aead"
+
+        def aead_seal(self, key, nonce, plaintext, aad):
+            calls.append("seal")
+            cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+            cipher.update(aad)
+            return b"".join(cipher.encrypt_and_digest(plaintext))
+
+        def aead_open(self, key, nonce, data, aad):
+            calls.append("open")
+            cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+            cipher.update(aad)
+            try:
+                return cipher.decrypt_and_verify(data[:-16], data[-16:])
+            except ValueError:
+                raise IntegrityError("engine says no") from None
+
+    monkeypatch.setattr(_backends, "_current", WithAead())
+    case = W_SUPPORTED[0]
+    assert aead.seal(case["key"], case["iv"], case["pt"], case["aad"]) == case["ct"] + case["tag"]
+    assert aead.open(case["key"], case["iv"], case["ct"] + case["tag"], case["aad"]) == case["pt"]
+    with pytest.raises(IntegrityError, match="engine says no"):
+        aead.open(case["key"], case["iv"], bytes(16), case["aad"])
+    with pytest.raises(ValueError):
+        aead.open(case["key"], bytes(8), bytes(16))
+    assert calls == ["seal", "open", "open"]
