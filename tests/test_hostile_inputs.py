@@ -635,11 +635,6 @@ with safe_open(path, "np", key=key) as handle:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: reader.SealedReader.read_range/read_all_into (src/sealtensors/reader.py, _decrypt_chunks) "
-    "decrypt from the file's mmap; a file truncated after open (the attacker controls storage) "
-    "makes the first touch of a page past the new end raise SIGBUS and kill the process, instead "
-    "of a typed error. The pread path (_stream_chunks, st_decrypt_span_fd) reports ST_E_LENGTH."))
 def test_file_truncated_under_an_open_handle_is_a_typed_error(backend, tmp_path):
     import os
     import subprocess

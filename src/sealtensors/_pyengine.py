@@ -49,6 +49,9 @@ class PythonEngine:
             target[out + len(plain):out + len(plain) + TAG_SIZE] = cipher.digest()
 
     def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        self._decrypt(aead_key, base_nonce, first_chunk, src, dst, final=final)
+
+    def _decrypt(self, aead_key, base_nonce, first_chunk, src, dst, *, final):
         source = _readable_bytes(src)
         target = _writable_bytes(dst)
         try:
@@ -95,7 +98,7 @@ class PythonEngine:
                 whole = len(data) // ENCRYPTED_CHUNK_SIZE
                 out = done * CHUNK_SIZE
                 try:
-                    self.decrypt_span(aead_key, base_nonce, first_chunk + done,
+                    self._decrypt(aead_key, base_nonce, first_chunk + done,
                                       data[:whole * ENCRYPTED_CHUNK_SIZE],
                                       target[out:out + whole * CHUNK_SIZE], final=False)
                 finally:
@@ -106,7 +109,7 @@ class PythonEngine:
             out = done * CHUNK_SIZE
             plain_len = len(data) - n * TAG_SIZE
             try:
-                self.decrypt_span(aead_key, base_nonce, first_chunk + done, data,
+                self._decrypt(aead_key, base_nonce, first_chunk + done, data,
                                   target[out:out + plain_len], final=final and is_last_piece)
             except IntegrityError:
                 _wipe(target)

@@ -2,13 +2,12 @@
 then decrypt any byte range of the data on demand (only the chunks that cover it).
 
 A :class:`SealedReader` is safe to use from several threads at once: every read decrypts into its
-own buffer and the source (an mmap or a file descriptor read with pread) has no shared position.
+own buffer and the source (bytes in memory, or a file read with pread) has no shared position.
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 from typing import Iterable
 
@@ -21,42 +20,52 @@ from .keys import as_keys
 
 
 class _Source:
-    """Random access to the sealed bytes: a memory view (mmap or bytes) and, for files, an fd."""
+    """Random access to the sealed bytes: an in-memory buffer, or a file read with pread.
 
-    def __init__(self, view: memoryview, fd: int | None = None, owner=None) -> None:
+    Files are deliberately not memory-mapped: storage an attacker controls can shrink a mapped file
+    under us, and touching the vanished pages kills the process (SIGBUS). pread turns that into a
+    short read, which the engines report as truncation.
+    """
+
+    def __init__(self, view: memoryview | None, fd: int | None, length: int) -> None:
         self.view = view
         self.fd = fd
-        self._owner = owner
+        self.length = length
 
     @classmethod
     def from_bytes(cls, data) -> "_Source":
-        return cls(memoryview(data).cast("B"))
+        view = memoryview(data).cast("B")
+        return cls(view, None, len(view))
 
     @classmethod
     def from_path(cls, path) -> "_Source":
         fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                return cls(memoryview(b""), fd, None)
-            mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            return cls(None, fd, os.fstat(fd).st_size)
         except BaseException:
             os.close(fd)
             raise
-        return cls(memoryview(mapped), fd, mapped)
 
-    def __len__(self) -> int:
-        return len(self.view)
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the source)."""
+        if self.view is not None:
+            return bytes(self.view[offset:offset + length])
+        pieces = []
+        while length > 0:
+            piece = os.pread(self.fd, length, offset)
+            if not piece:
+                break
+            pieces.append(piece)
+            offset += len(piece)
+            length -= len(piece)
+        return b"".join(pieces)
 
     def close(self) -> None:
-        # A view of the mapping may outlive us (for instance in a traceback's frames); then the
-        # mapping is unmapped when the last such view goes, and closing here must not fail.
-        with contextlib.suppress(BufferError):
-            self.view.release()
-        if self._owner is not None:
+        if self.view is not None:
+            # A slice of it may outlive us (in a traceback's frames); releasing must not fail then.
             with contextlib.suppress(BufferError):
-                self._owner.close()
-            self._owner = None
+                self.view.release()
+            self.view = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -86,24 +95,24 @@ class SealedReader:
         return cls(_Source.from_bytes(data), keys)
 
     def _open(self, keys: list[bytes]) -> None:
-        view = self._source.view
-        slot_count = container.parse_fixed(bytes(view[:container.FIXED_HEADER_SIZE]))[5]
-        header_bytes = bytes(view[:container.header_size(slot_count)])
+        source = self._source
+        slot_count = container.parse_fixed(source.read(0, container.FIXED_HEADER_SIZE))[5]
+        header_bytes = source.read(0, container.header_size(slot_count))
         header = container.parse(header_bytes)
         self.header = header
         data_key = container.unlock(header, header_bytes, keys)
-        if len(view) != header.file_length:
-            raise IntegrityError(f"file is {len(view)} bytes, its header says {header.file_length} "
-                                 "(truncated or extended)")
-        with view[header.index_offset:header.data_offset] as index_message:
-            index_plaintext = chunked.decrypt(data_key, index_message,
-                                              container.index_context(header.file_id))
-        self._data_view = view[header.data_offset:header.file_length]
+        if source.length != header.file_length:
+            raise IntegrityError(f"file is {source.length} bytes, its header says "
+                                 f"{header.file_length} (truncated or extended)")
+        index_message = source.read(header.index_offset, header.index_length)
+        index_plaintext = chunked.decrypt(data_key, index_message,
+                                          container.index_context(header.file_id))
         self.data_length = chunked.plaintext_length(header.data_length)
         self.index: TensorIndex = parse_index(index_plaintext, self.data_length)
         self._tensors = self.index.by_name()
         self._data_keys = chunked.open_message(
-            data_key, self._data_view, container.data_context(header.file_id, index_plaintext))
+            data_key, source.read(header.data_offset, chunked.HEADER_SIZE),
+            container.data_context(header.file_id, index_plaintext))
         self._chunk_total = chunked.chunk_count(self.data_length)
 
     # -- index -------------------------------------------------------------------------------
@@ -121,18 +130,15 @@ class SealedReader:
 
     # -- data --------------------------------------------------------------------------------
     def _decrypt_chunks(self, first: int, stop: int, dst, threads: int) -> None:
-        chunked.decrypt_chunk_range_into(self._data_keys, self._data_view, first, stop, dst,
-                                         threads=threads)
-
-    def _stream_chunks(self, first: int, stop: int, dst, threads: int) -> None:
-        # Streaming passes read with pread, not through the mapping: file-backed pages of the mmap
-        # would otherwise count in the resident set and grow with the file.
-        if self._source.fd is None:
-            self._decrypt_chunks(first, stop, dst, threads)
+        source = self._source
+        if source.fd is not None:
+            chunked.decrypt_chunk_range_fd_into(self._data_keys, source.fd, self.header.data_offset,
+                                                self.header.data_length, first, stop, dst,
+                                                threads=threads)
             return
-        chunked.decrypt_chunk_range_fd_into(self._data_keys, self._source.fd, self.header.data_offset,
-                                            self.header.data_length, first, stop, dst,
-                                            threads=threads)
+        with source.view[self.header.data_offset:self.header.file_length] as message:
+            chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
+                                             threads=threads)
 
     def read_chunks_into(self, first: int, stop: int, dst, *, threads: int = 0) -> None:
         """Decrypt data chunks [first, stop) into ``dst`` (exactly their plaintext length); on
@@ -179,17 +185,13 @@ class SealedReader:
             for first in range(0, self._chunk_total, span_chunks):
                 stop = min(first + span_chunks, self._chunk_total)
                 length = self._plaintext_of_chunks(first, stop)
-                self._stream_chunks(first, stop, buffer[:length], threads)
+                self._decrypt_chunks(first, stop, buffer[:length], threads)
                 yield memoryview(buffer[:length])
         finally:
             buffer.fill(0)
 
     def close(self) -> None:
         if self._source is not None:
-            data_view = getattr(self, "_data_view", None)
-            if data_view is not None:
-                with contextlib.suppress(BufferError):
-                    data_view.release()
             self._source.close()
             self._source = None
 
