@@ -13,7 +13,16 @@ from .errors import (
     UnsupportedFormatError,
     WrongKeyError,
 )
-from .api import engine_info, inspect, rewrap, seal_file, unseal_file, verify
+from .api import (
+    buffer_size,
+    engine_info,
+    inspect,
+    load_into,
+    rewrap,
+    seal_file,
+    unseal_file,
+    verify,
+)
 from .keys import generate_key, key_id, read_key_file, write_key_file
 from .safe_open import safe_open
 
@@ -31,6 +40,8 @@ __all__ = [
     "__version__",
     "backend",
     "safe_open",
+    "load_into",
+    "buffer_size",
     "seal_file",
     "unseal_file",
     "rewrap",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+
+import numpy as np
 from typing import Callable, Iterable
 
 from . import _backends, chunked, container
 from ._atomic import atomic_output, refuse_same_file
 from ._safetensors_io import header_for, read_header, tensor_pieces, write_unpadded
 from .errors import FormatError, InvalidKeyError
-from .index import layout
+from .index import TensorInfo, align_up, layout
 from .keys import KEY_ID_SIZE, as_key, as_keys, key_id
+from .numpy import tensor_view
 from .reader import SealedReader
 from .writer import write_sealed
 
@@ -149,6 +152,68 @@ def verify(path: str | os.PathLike, key, *, threads: int = 0) -> dict:
     with SealedReader.open(path, key) as reader:
         reader.verify(threads=threads)
         return {"tensors": len(reader.index.tensors), "data_size": reader.data_length}
+
+
+def _placements(reader: SealedReader, names) -> tuple[list[tuple[TensorInfo, int]], int]:
+    """Where each requested tensor goes in a caller's buffer, and the bytes needed."""
+    if names is None:
+        return [(info, info.begin) for info in reader.index.tensors], reader.data_length
+    if isinstance(names, str):
+        raise TypeError("names must be a list of tensor names, not a string")
+    placements, position, seen = [], 0, set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"tensor {name!r} requested twice")
+        seen.add(name)
+        info = reader.info(name)
+        position = align_up(position)
+        placements.append((info, position))
+        position += info.nbytes
+    return placements, position
+
+
+def buffer_size(filename: str | os.PathLike, key, names=None) -> int:
+    """Bytes a buffer must hold for :func:`load_into` with the same ``names``."""
+    with SealedReader.open(filename, key) as reader:
+        return _placements(reader, names)[1]
+
+
+def load_into(filename: str | os.PathLike, key, buffer, *, names=None,
+              threads: int = 0) -> dict[str, np.ndarray]:
+    """Decrypt tensors of a sealed file into memory the caller owns (serving stacks that manage
+    their own, for instance pinned, buffers).
+
+    ``buffer``: any writable, C-contiguous buffer-protocol object (numpy array, bytearray, mmap,
+    ``torch_tensor.numpy()`` of a pinned uint8 tensor) of at least :func:`buffer_size` bytes.
+    ``names=None`` places the whole data section at its file layout with one call to the engine;
+    a list of names packs just those tensors, in that order, each at a 64-byte aligned offset,
+    decrypting only the chunks that hold them. Returns ``{name: numpy view into buffer}``; the
+    buffer stays the caller's (sealtensors keeps no reference to it). On any failure the part of
+    the buffer this call wrote is wiped before the error is raised. Thread safe.
+    """
+    view = memoryview(buffer)
+    if view.readonly:
+        raise ValueError("buffer must be writable")
+    if not view.c_contiguous:
+        raise ValueError("buffer must be C-contiguous")
+    target = np.frombuffer(view.cast("B"), dtype=np.uint8)
+    with SealedReader.open(filename, key) as reader:
+        placements, needed = _placements(reader, names)
+        if len(target) < needed:
+            raise ValueError(f"buffer holds {len(target)} bytes, {needed} are needed "
+                             "(see sealtensors.buffer_size)")
+        try:
+            if names is None:
+                reader.read_all_into(target[:needed], threads=threads)
+            else:
+                for info, position in placements:
+                    reader.read_range_into(info.begin, info.end,
+                                           target[position:position + info.nbytes], threads=threads)
+        except BaseException:
+            target[:needed] = 0
+            raise
+        return {info.name: tensor_view(target, info, info.begin - position)
+                for info, position in placements}
 
 
 def engine_info() -> dict:

@@ -156,20 +156,57 @@ class SealedReader:
         Every chunk is authenticated, the final one included; on failure ``dst`` is wiped."""
         self._decrypt_chunks(0, self._chunk_total, dst, threads)
 
-    def read_range(self, begin: int, end: int, *, threads: int = 0) -> np.ndarray:
-        """Plaintext bytes [begin, end) of the data section, decrypting only the chunks covering them.
+    def read_range_into(self, begin: int, end: int, dst, *, threads: int = 0) -> None:
+        """Decrypt plaintext bytes [begin, end) of the data section into ``dst`` (writable, exactly
+        ``end - begin`` bytes), decrypting only the chunks that hold them.
 
-        Returns a uint8 array that views a private buffer; the view starts 64-byte aligned whenever
-        ``begin`` is a multiple of 64."""
+        Whole chunks go straight into ``dst``; at most two partial edge chunks pass through a
+        16 KiB scratch buffer. On failure ``dst`` is wiped and the error raised."""
         if not 0 <= begin <= end <= self.data_length:
             raise ValueError(f"byte range [{begin}, {end}) outside the data section")
-        first, stop = chunked.chunk_range_for_bytes(begin, end)
-        stop = min(stop, self._chunk_total)
-        plain_len = self._plaintext_of_chunks(first, stop)
-        buffer = np.empty(plain_len, dtype=np.uint8)
-        self._decrypt_chunks(first, stop, buffer, threads)
-        skip = begin - first * chunked.CHUNK_SIZE
-        return buffer[skip:skip + (end - begin)]
+        view = memoryview(dst)
+        if view.readonly:
+            raise ValueError("destination buffer must be writable")
+        out = np.frombuffer(view.cast("B"), dtype=np.uint8)
+        if len(out) != end - begin:
+            raise ValueError(f"destination holds {len(out)} bytes, the range is {end - begin}")
+        size = chunked.CHUNK_SIZE
+        try:
+            position = begin
+            if position % size and position < end:
+                position = self._copy_from_chunk(position // size, position, end, begin, out, threads)
+            if position < end:
+                first = position // size
+                stop = -(-end // size) if end == self.data_length else end // size
+                if stop > first:
+                    length = self._plaintext_of_chunks(first, stop)
+                    self._decrypt_chunks(first, stop,
+                                         out[position - begin:position - begin + length], threads)
+                    position += length
+            if position < end:
+                self._copy_from_chunk(position // size, position, end, begin, out, threads)
+        except BaseException:
+            out.fill(0)
+            raise
+
+    def _copy_from_chunk(self, chunk: int, position: int, end: int, begin: int, out: np.ndarray,
+                         threads: int) -> int:
+        scratch = np.empty(self._plaintext_of_chunks(chunk, chunk + 1), dtype=np.uint8)
+        try:
+            self._decrypt_chunks(chunk, chunk + 1, scratch, threads)
+            start = chunk * chunked.CHUNK_SIZE
+            stop = min(end, start + len(scratch))
+            out[position - begin:stop - begin] = scratch[position - start:stop - start]
+        finally:
+            scratch.fill(0)
+        return stop
+
+    def read_range(self, begin: int, end: int, *, threads: int = 0) -> np.ndarray:
+        """Plaintext bytes [begin, end) of the data section in a new uint8 array, decrypting only
+        the chunks covering them."""
+        out = np.empty(end - begin if end >= begin else 0, dtype=np.uint8)
+        self.read_range_into(begin, end, out, threads=threads)
+        return out
 
     def verify(self, *, threads: int = 0) -> None:
         """Authenticate every chunk of the data, a bounded span at a time; returns or raises."""

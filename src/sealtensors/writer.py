@@ -29,13 +29,15 @@ class _DataEncryptor:
     """Accumulates the data section's plaintext and writes it out as encrypted spans."""
 
     def __init__(self, out: BinaryIO, keys: chunked.MessageKeys, threads: int,
-                 progress: ProgressCallback | None) -> None:
+                 progress: ProgressCallback | None, data_length: int) -> None:
         self._out = out
         self._keys = keys
         self._threads = threads
         self._progress = progress
-        self._plain = bytearray(SPAN_BYTES)
-        self._cipher = bytearray(chunked.ENCRYPTED_CHUNK_SIZE * (SPAN_BYTES // chunked.CHUNK_SIZE + 1))
+        # A small model needs no 16 MiB buffers: one span just large enough holds it all.
+        self._span = min(SPAN_BYTES, (data_length // chunked.CHUNK_SIZE + 1) * chunked.CHUNK_SIZE)
+        self._plain = bytearray(self._span)
+        self._cipher = bytearray(span_ciphertext_length(self._span, final=True))
         self._fill = 0
         self._next_chunk = 0
         self.written = 0
@@ -43,11 +45,11 @@ class _DataEncryptor:
     def write(self, data) -> None:
         view = memoryview(data).cast("B")
         while len(view):
-            take = min(len(view), SPAN_BYTES - self._fill)
+            take = min(len(view), self._span - self._fill)
             self._plain[self._fill:self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
-            if self._fill == SPAN_BYTES:
+            if self._fill == self._span:
                 self._flush(final=False)
 
     @property
@@ -102,7 +104,7 @@ def write_sealed(out: BinaryIO, index: TensorIndex, tensor_data: Iterable[Iterab
     data_header, data_keys = chunked.new_message(
         data_key, container.data_context(file_id, index_plaintext))
     out.write(data_header)
-    encryptor = _DataEncryptor(out, data_keys, threads, progress)
+    encryptor = _DataEncryptor(out, data_keys, threads, progress, index.data_length)
     sources = iter(tensor_data)
     for info in index.tensors:
         encryptor.pad_to(info.begin)
