@@ -336,8 +336,6 @@ PIN_SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="capabilities and VmLck are Linux")
 def test_pin_memory_without_cuda_mlocks_or_warns(backend, tmp_path):
-    if backend != "python":
-        pytest.skip("pinning happens before the engine runs; one backend (python) covers it")
     path = tmp_path / "pin.sealed"
     st.save_file({"x": torch.arange(256 * 1024, dtype=torch.int32)}, path, KEY)  # 1 MiB
     result = subprocess.run([sys.executable, "-c", PIN_SCRIPT, str(path), KEY.hex()],
