@@ -23,6 +23,8 @@ from .api import (
     unseal_file,
     verify,
 )
+from ._atomic import DestinationExistsError
+from ._memory import PinningWarning
 from .keys import generate_key, key_id, read_key_file, write_key_file
 from .safe_open import safe_open
 
@@ -60,4 +62,6 @@ __all__ = [
     "WrongKeyError",
     "InvalidKeyError",
     "BackendError",
+    "DestinationExistsError",
+    "PinningWarning",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 
 import numpy as np
 from typing import Callable, Iterable
@@ -90,9 +91,12 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
     add_keys = as_keys(add) if add else []
     remove_ids = _ids_to_remove(remove)
     if dst is None:
-        dst, overwrite = src, True
+        # In place: replace the file a symbolic link points to (not the link), keeping its mode.
+        dst, overwrite = os.path.realpath(src), True
+        mode = stat.S_IMODE(os.stat(dst).st_mode)
     else:
         refuse_same_file(dst, src)
+        mode = 0o644
     fd = os.open(os.fspath(src), os.O_RDONLY)
     with os.fdopen(fd, "rb") as source:
         prefix = source.read(container.FIXED_HEADER_SIZE)
@@ -109,7 +113,7 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
         if remove_ids & added_ids:
             raise ValueError("a key cannot be both added and removed")
         new_header = container.rebuild_with_slots(header, data_key, add_keys, keep)
-        with atomic_output(dst, overwrite=overwrite) as out:
+        with atomic_output(dst, overwrite=overwrite, mode=mode) as out:
             out.write(new_header)
             source.seek(header.size)
             shutil.copyfileobj(source, out, 16 * 1024 * 1024)

@@ -161,12 +161,8 @@ def cmd_keygen(args) -> int:
     from .keys import write_key_file
 
     path = args.path
-    if args.force and os.path.lexists(path):
-        # Replace the file rather than truncating it, so the new key file is created with mode 0600
-        # even if the old one had looser permissions, and a symlink is never followed.
-        os.unlink(path)
     try:
-        key = write_key_file(path)
+        key = write_key_file(path, overwrite=args.force)
     except FileExistsError:
         from ._atomic import DestinationExistsError
 

@@ -100,9 +100,11 @@ def format_key(key: bytes) -> str:
 def write_key_file(path: str | os.PathLike, key: bytes | None = None, *, overwrite: bool = False) -> bytes:
     """Write ``key`` (a fresh one if None) to ``path`` with mode 0600; refuses to replace a file
     unless ``overwrite``. Returns the key."""
+    from ._atomic import atomic_output
+
     key = generate_key() if key is None else as_key(key)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    fd = os.open(os.fspath(path), flags, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(format_key(key))
+    # A fresh file renamed into place: a replaced key file never keeps looser permissions, and a
+    # symbolic link at the path is replaced rather than followed.
+    with atomic_output(path, overwrite=overwrite, mode=0o600) as handle:
+        handle.write(format_key(key).encode("ascii"))
     return key
