@@ -138,8 +138,19 @@ def check_flip(s: Sealed, position: int, key: bytes) -> None:
         assert not isinstance(exc, UnsupportedFormatError), where
     if chunk_index is not None:
         assert type(exc) is IntegrityError and exc.chunk_index == chunk_index, f"{where}: {exc!r}"
+        assert_caller_buffer_wiped(bytes(tampered), key, chunk_index, where)
     elif isinstance(exc, IntegrityError) and position >= s.data_offset:
         assert isinstance(exc, CommitmentError), f"{where}: {exc!r}"  # data salt/commitment
+
+
+def assert_caller_buffer_wiped(blob: bytes, key: bytes, chunk_index: int, where: str) -> None:
+    """Decrypting a tampered data section into a caller's buffer leaves the buffer all zeros."""
+    with SealedReader.from_bytes(blob, key) as reader:
+        destination = np.full(reader.data_length, 0xA5, dtype=np.uint8)
+        with pytest.raises(IntegrityError) as failure:
+            reader.read_all_into(destination)
+    assert failure.value.chunk_index == chunk_index, where
+    assert not destination.any(), f"{where}: plaintext left in the caller's buffer"
 
 
 def dense_sample(s: Sealed, stride: int, edge: int) -> list[int]:
