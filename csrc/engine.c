@@ -280,17 +280,17 @@ static int run_chunks(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, 
         if (job->encrypt) {
             const uint8_t *plain = job->src + rel * ST_CHUNK_SIZE;
             uint8_t *out = job->dst + rel * ST_ENCRYPTED_CHUNK_SIZE;
-            rc = job->ops->seal(pstate, nonce, plain, len, out, out + len, &perr);
+            rc = job->ops->seal(pstate, nonce, NULL, 0, plain, len, out, out + len, &perr);
         } else {
             const uint8_t *in = ct + (rel - lo) * ST_ENCRYPTED_CHUNK_SIZE;
             uint8_t *out = job->dst + rel * ST_CHUNK_SIZE;
 #if ST_HAVE_STREAM
             if (w->bounce) {
-                rc = job->ops->open(pstate, nonce, in, len, w->bounce, in + len, &perr);
+                rc = job->ops->open(pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
                 stream_copy(out, w->bounce, len);
             } else
 #endif
-                rc = job->ops->open(pstate, nonce, in, len, out, in + len, &perr);
+                rc = job->ops->open(pstate, nonce, NULL, 0, in, len, out, in + len, &perr);
         }
         if (rc != ST_OK) {
             record_failure(job, rel, rc, perr, 0);
@@ -619,5 +619,80 @@ int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_no
     int rc = run_job(&job, provider, key, threads, status);
     if (rc != ST_OK)
         st_wipe(dst, dst_len);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- single messages */
+
+/* NIST SP 800-38D: at most 2^39 - 256 bits of plaintext and 2^64 - 1 bits of AAD per message. */
+#define ST_GCM_MAX_TEXT ((UINT64_C(1) << 36) - 32)
+#define ST_GCM_MAX_AAD ((UINT64_C(1) << 61) - 1)
+
+static int aead_lengths_ok(size_t aad_len, size_t text_len)
+{
+    return (uint64_t)text_len <= ST_GCM_MAX_TEXT && (uint64_t)aad_len <= ST_GCM_MAX_AAD;
+}
+
+/* One message on the calling thread: key state, one worker, one seal/open. */
+static int aead_run(int provider, int encrypt, const uint8_t *key, const uint8_t *nonce,
+                    const uint8_t *aad, size_t aad_len, const uint8_t *src, size_t len,
+                    uint8_t *dst, uint8_t *tag_out, const uint8_t *tag_in, st_status *status)
+{
+    int resolved = st_resolve_provider(provider);
+    if (resolved < 0)
+        return finish(status, ST_E_PROVIDER, -1, 0, 0);
+    const st_provider_ops *ops = provider_ops(resolved);
+    unsigned long perr = 0;
+    void *keystate = NULL, *w = NULL;
+    int rc = ops->key_new(key, &keystate, &perr);
+    if (rc != ST_OK)
+        return finish(status, rc, -1, perr, 0);
+    rc = ops->worker_new(keystate, encrypt, &w, &perr);
+    if (rc == ST_OK) {
+        if (encrypt)
+            rc = ops->seal(w, nonce, aad_len ? aad : NULL, aad_len, src, len, dst, tag_out, &perr);
+        else
+            rc = ops->open(w, nonce, aad_len ? aad : NULL, aad_len, src, len, dst, tag_in, &perr);
+        ops->worker_free(w);
+    }
+    ops->key_free(keystate);
+    return finish(status, rc, -1, rc == ST_E_PROVIDER ? perr : 0, 0);
+}
+
+int st_aead_seal(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                 size_t aad_len, const uint8_t *plaintext, size_t pt_len, uint8_t *ciphertext_out,
+                 uint8_t *tag_out, st_status *status)
+{
+    if (!key || !nonce || !tag_out || (aad_len && !aad) ||
+        (pt_len && (!plaintext || !ciphertext_out)) || !aead_lengths_ok(aad_len, pt_len) ||
+        ranges_overlap(ciphertext_out, pt_len, plaintext, pt_len) ||
+        ranges_overlap(ciphertext_out, pt_len, aad, aad_len) ||
+        ranges_overlap(ciphertext_out, pt_len, tag_out, ST_TAG_SIZE) ||
+        ranges_overlap(tag_out, ST_TAG_SIZE, plaintext, pt_len) ||
+        ranges_overlap(tag_out, ST_TAG_SIZE, aad, aad_len))
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    int rc = aead_run(provider, 1, key, nonce, aad, aad_len, plaintext, pt_len, ciphertext_out,
+                      tag_out, NULL, status);
+    if (rc != ST_OK) {
+        st_wipe(ciphertext_out, pt_len);
+        st_wipe(tag_out, ST_TAG_SIZE);
+    }
+    return rc;
+}
+
+int st_aead_open(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                 size_t aad_len, const uint8_t *ciphertext, size_t ct_len, const uint8_t *tag,
+                 uint8_t *plaintext_out, st_status *status)
+{
+    if (!key || !nonce || !tag || (aad_len && !aad) ||
+        (ct_len && (!ciphertext || !plaintext_out)) || !aead_lengths_ok(aad_len, ct_len) ||
+        ranges_overlap(plaintext_out, ct_len, ciphertext, ct_len) ||
+        ranges_overlap(plaintext_out, ct_len, aad, aad_len) ||
+        ranges_overlap(plaintext_out, ct_len, tag, ST_TAG_SIZE))
+        return finish(status, ST_E_ARG, -1, 0, 0);
+    int rc = aead_run(provider, 0, key, nonce, aad, aad_len, ciphertext, ct_len, plaintext_out,
+                      NULL, tag, status);
+    if (rc != ST_OK)
+        st_wipe(plaintext_out, ct_len); /* no unauthenticated plaintext escapes */
     return rc;
 }

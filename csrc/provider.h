@@ -2,8 +2,10 @@
  * The internal interface every AES-256-GCM provider implements.
  *
  * A call sets up one read-only key state (key expansion, hash-key tables) and one worker state per
- * thread (an EVP_CIPHER_CTX, ...). Chunk functions then seal/open one chunk with a 12-byte nonce and
- * empty AAD. Status values are ST_OK, ST_E_AUTH, ST_E_PROVIDER and ST_E_NOMEM.
+ * thread (an EVP_CIPHER_CTX, ...). Chunk functions then seal/open one message with a 12-byte nonce
+ * and optional AAD (the chunk engine passes NULL, 0). Lengths are any size_t the caller has checked
+ * against GCM's limits; a provider with narrower lengths (OpenSSL's int) works in pieces. Status
+ * values are ST_OK, ST_E_AUTH, ST_E_PROVIDER and ST_E_NOMEM.
  */
 #ifndef SEALTENSORS_PROVIDER_H
 #define SEALTENSORS_PROVIDER_H
@@ -19,12 +21,15 @@ typedef struct st_provider_ops {
     void (*key_free)(void *keystate);
     int (*worker_new)(const void *keystate, int encrypt, void **worker, unsigned long *err);
     void (*worker_free)(void *worker);
-    /* Encrypt `len` bytes of `src` into `dst`, write the tag to `tag`. */
-    int (*seal)(void *worker, const uint8_t *nonce, const uint8_t *src, size_t len, uint8_t *dst,
-                uint8_t *tag, unsigned long *err);
-    /* Decrypt `len` bytes of `src` into `dst`; ST_E_AUTH when `tag` does not verify. */
-    int (*open)(void *worker, const uint8_t *nonce, const uint8_t *src, size_t len, uint8_t *dst,
-                const uint8_t *tag, unsigned long *err);
+    /* Authenticate `aad_len` bytes of `aad` (NULL when 0), encrypt `len` bytes of `src` into `dst`,
+     * write the tag to `tag`. */
+    int (*seal)(void *worker, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
+                const uint8_t *src, size_t len, uint8_t *dst, uint8_t *tag, unsigned long *err);
+    /* Decrypt `len` bytes of `src` into `dst`; ST_E_AUTH when `tag` does not verify over `aad` and
+     * the ciphertext (the tag is compared in constant time; the caller wipes `dst` on failure). */
+    int (*open)(void *worker, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
+                const uint8_t *src, size_t len, uint8_t *dst, const uint8_t *tag,
+                unsigned long *err);
 } st_provider_ops;
 
 extern const st_provider_ops st_openssl_ops;

@@ -100,26 +100,28 @@ static void imb_worker_free(void *worker)
 
 static uint8_t empty_byte;
 
-static int imb_seal(void *worker, const uint8_t *nonce, const uint8_t *src, size_t len,
-                    uint8_t *dst, uint8_t *tag, unsigned long *err)
+static int imb_seal(void *worker, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
+                    const uint8_t *src, size_t len, uint8_t *dst, uint8_t *tag, unsigned long *err)
 {
     (void)err;
     struct gcm_context_data ctx;
     IMB_AES256_GCM_ENC(mgr, (const struct gcm_key_data *)worker, &ctx, len ? dst : &empty_byte,
-                       len ? src : &empty_byte, (uint64_t)len, nonce, NULL, 0, tag, ST_TAG_SIZE);
+                       len ? src : &empty_byte, (uint64_t)len, nonce, aad_len ? aad : NULL,
+                       (uint64_t)aad_len, tag, ST_TAG_SIZE);
     OPENSSL_cleanse(&ctx, sizeof ctx);
     return ST_OK;
 }
 
-static int imb_open(void *worker, const uint8_t *nonce, const uint8_t *src, size_t len,
-                    uint8_t *dst, const uint8_t *tag, unsigned long *err)
+static int imb_open(void *worker, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
+                    const uint8_t *src, size_t len, uint8_t *dst, const uint8_t *tag,
+                    unsigned long *err)
 {
     (void)err;
     struct gcm_context_data ctx;
     uint8_t computed[ST_TAG_SIZE];
     IMB_AES256_GCM_DEC(mgr, (const struct gcm_key_data *)worker, &ctx, len ? dst : &empty_byte,
-                       len ? src : &empty_byte, (uint64_t)len, nonce, NULL, 0, computed,
-                       ST_TAG_SIZE);
+                       len ? src : &empty_byte, (uint64_t)len, nonce, aad_len ? aad : NULL,
+                       (uint64_t)aad_len, computed, ST_TAG_SIZE);
     int ok = CRYPTO_memcmp(computed, tag, ST_TAG_SIZE) == 0;
     OPENSSL_cleanse(&ctx, sizeof ctx);
     OPENSSL_cleanse(computed, sizeof computed);

@@ -1,5 +1,6 @@
-/* AES-256-GCM through OpenSSL EVP: one EVP_CIPHER_CTX per worker, re-initialised per chunk with only
- * the IV, so the key schedule is computed once per worker. */
+/* AES-256-GCM through OpenSSL EVP: one EVP_CIPHER_CTX per worker, re-initialised per message
+ * (chunk) with only the IV, so the key schedule is computed once per worker. AAD goes in through
+ * EVP_CipherUpdate with a NULL output before the ciphertext. */
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -88,38 +89,63 @@ static void ossl_worker_free(void *worker)
     EVP_CIPHER_CTX_free(worker); /* also cleanses the key schedule */
 }
 
-static int ossl_seal(void *worker, const uint8_t *nonce, const uint8_t *src, size_t len,
-                     uint8_t *dst, uint8_t *tag, unsigned long *err)
+/* OpenSSL takes int lengths: feed `len` bytes in pieces of at most 1 GiB. `out` NULL: the bytes are
+ * AAD (all of it must come before the first ciphertext byte, which the callers below respect). */
+#define ST_OSSL_PIECE ((size_t)1 << 30)
+
+static int ossl_update(EVP_CIPHER_CTX *ctx, uint8_t *out, const uint8_t *in, size_t len,
+                       unsigned long *err)
+{
+    while (len) {
+        size_t n = len < ST_OSSL_PIECE ? len : ST_OSSL_PIECE;
+        int outl = 0;
+        if (EVP_CipherUpdate(ctx, out, &outl, in, (int)n) != 1)
+            return provider_failure(err);
+        if (out) {
+            if (outl < 0 || (size_t)outl != n) /* GCM is a stream mode: all bytes come out */
+                return ST_E_PROVIDER;
+            out += n;
+        }
+        in += n;
+        len -= n;
+    }
+    return ST_OK;
+}
+
+static int ossl_seal(void *worker, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
+                     const uint8_t *src, size_t len, uint8_t *dst, uint8_t *tag,
+                     unsigned long *err)
 {
     EVP_CIPHER_CTX *ctx = worker;
     int outl = 0;
     uint8_t tail[16];
-    if (len > ST_CHUNK_SIZE) /* a chunk always fits OpenSSL's int lengths */
-        return ST_E_PROVIDER;
+    int rc;
     if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 1) != 1)
         return provider_failure(err);
-    if (len && EVP_EncryptUpdate(ctx, dst, &outl, src, (int)len) != 1)
-        return provider_failure(err);
+    if ((rc = ossl_update(ctx, NULL, aad, aad_len, err)) != ST_OK ||
+        (rc = ossl_update(ctx, dst, src, len, err)) != ST_OK)
+        return rc;
     if (EVP_EncryptFinal_ex(ctx, tail, &outl) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ST_TAG_SIZE, tag) != 1)
         return provider_failure(err);
     return ST_OK;
 }
 
-static int ossl_open(void *worker, const uint8_t *nonce, const uint8_t *src, size_t len,
-                     uint8_t *dst, const uint8_t *tag, unsigned long *err)
+static int ossl_open(void *worker, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
+                     const uint8_t *src, size_t len, uint8_t *dst, const uint8_t *tag,
+                     unsigned long *err)
 {
     EVP_CIPHER_CTX *ctx = worker;
     int outl = 0;
     uint8_t tail[16];
     uint8_t expected[ST_TAG_SIZE];
-    if (len > ST_CHUNK_SIZE)
-        return ST_E_PROVIDER;
+    int rc;
     memcpy(expected, tag, ST_TAG_SIZE);
     if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) != 1)
         return provider_failure(err);
-    if (len && EVP_DecryptUpdate(ctx, dst, &outl, src, (int)len) != 1)
-        return provider_failure(err);
+    if ((rc = ossl_update(ctx, NULL, aad, aad_len, err)) != ST_OK ||
+        (rc = ossl_update(ctx, dst, src, len, err)) != ST_OK)
+        return rc;
     if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ST_TAG_SIZE, expected) != 1)
         return provider_failure(err);
     /* OpenSSL compares the tag in constant time (CRYPTO_memcmp); 0 here means it did not match. */

@@ -29,6 +29,13 @@ int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_no
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
                         size_t dst_len, int final, int threads, st_status *status);
 
+int st_aead_seal(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                 size_t aad_len, const uint8_t *plaintext, size_t pt_len, uint8_t *ciphertext_out,
+                 uint8_t *tag_out, st_status *status);
+int st_aead_open(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                 size_t aad_len, const uint8_t *ciphertext, size_t ct_len, const uint8_t *tag,
+                 uint8_t *plaintext_out, st_status *status);
+
 size_t st_key_size(void);
 size_t st_nonce_size(void);
 size_t st_tag_size(void);

@@ -1,6 +1,8 @@
 /*
  * sealtensors chunk engine: AES-256-GCM over spans of a C2SP chunked message.
  *
+ * Also single AES-256-GCM messages with AAD (st_aead_seal / st_aead_open).
+ *
  * Pure C, no Python.h. Every entry point returns a status code (ST_OK or one of ST_E_*) and, when
  * `status` is not NULL, fills it. Functions are thread safe; concurrent calls share nothing but
  * read-only provider state initialised once.
@@ -61,6 +63,19 @@ int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_non
 int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
                         size_t dst_len, int final, int threads, st_status *status);
+
+/* One AES-256-GCM message (32-byte key, 12-byte nonce, 16-byte tag) with `aad_len` bytes of AAD,
+ * on the calling thread. Seal writes `pt_len` bytes of ciphertext and the tag; open verifies `tag`
+ * (in constant time) over the AAD and ciphertext and writes `ct_len` bytes of plaintext: ST_E_AUTH
+ * when it does not verify. On any failure after the arguments were accepted, every output byte is
+ * wiped. ST_E_ARG (nothing written): NULL pointers with nonzero lengths, outputs overlapping an
+ * input, or more than GCM allows (2^36 - 32 bytes of text, 2^61 - 1 bytes of AAD). */
+int st_aead_seal(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                 size_t aad_len, const uint8_t *plaintext, size_t pt_len, uint8_t *ciphertext_out,
+                 uint8_t *tag_out, st_status *status);
+int st_aead_open(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                 size_t aad_len, const uint8_t *ciphertext, size_t ct_len, const uint8_t *tag,
+                 uint8_t *plaintext_out, st_status *status);
 
 size_t st_key_size(void);
 size_t st_nonce_size(void);

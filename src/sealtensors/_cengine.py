@@ -9,6 +9,10 @@ status code; this module turns it into the exception the Python engine would rai
 - bad argument -> ``ValueError``; read failure -> ``OSError``; allocation failure -> ``MemoryError``;
   provider failure -> :class:`BackendError`.
 
+Single messages (:mod:`sealtensors.aead` dispatches here): :meth:`CEngine.aead_seal`,
+:meth:`CEngine.aead_open` and :meth:`CEngine.aead_open_into`, AES-256-GCM with AAD through the same
+provider, with :mod:`sealtensors.aead`'s argument checks and messages.
+
 AES provider: ``CEngine(provider=...)`` or ``SEALTENSORS_AES=auto|ipsecmb|openssl`` (default
 ``auto``: intel-ipsec-mb when it was compiled in and this CPU can run it, else OpenSSL).
 
@@ -31,6 +35,7 @@ from ._engine_api import (
     TAG_SIZE,
     validate_span,
 )
+from .aead import _check as _aead_check
 from .errors import BackendError, IntegrityError
 
 try:
@@ -135,6 +140,14 @@ def _target(dst):
     if view.readonly:
         raise ValueError("destination buffer must be writable")
     return _address(dst, True), view.nbytes
+
+
+def _message(value, what: str):
+    """A zero-copy byte view of a bytes-like message; aead's TypeError for anything else."""
+    try:
+        return memoryview(value).cast("B")
+    except TypeError:
+        raise TypeError(f"{what} must be bytes-like, not {type(value).__name__}") from None
 
 
 def _check_threads(threads: int) -> int:
@@ -262,3 +275,71 @@ class CEngine:
             _release(*held)
         if rc != lib.ST_OK:
             self._raise(status, fd_read=True)
+
+    # -- single messages (sealtensors.aead) ---------------------------------------------------
+
+    def aead_seal(self, key, nonce, plaintext, aad=b"") -> bytes:
+        """AES-256-GCM-encrypt ``plaintext`` under ``key`` (32 bytes) and ``nonce`` (12 bytes),
+        authenticating ``aad`` too; returns ``ciphertext || tag`` (16 more bytes). The GIL is
+        released while C runs: ``plaintext`` must not change during the call."""
+        key, nonce, aad = _aead_check(key, nonce, aad)
+        view = _message(plaintext, "plaintext")
+        length = view.nbytes
+        out = bytearray(length + TAG_SIZE)
+        held = []
+        try:
+            source = _hold(held, _address(view, False))
+            target = _hold(held, _address(out, True))
+            status = ffi.new("st_status *")
+            rc = lib.st_aead_seal(self._provider, key, nonce, aad, len(aad), source, length,
+                                  target, target + length, status)
+        finally:
+            _release(*held)
+        if rc != lib.ST_OK:
+            self._raise(status)
+        return bytes(out)
+
+    def aead_open_into(self, key, nonce, ciphertext_and_tag, dst, aad=b"") -> None:
+        """Verify ``ciphertext || tag`` and decrypt it into ``dst`` (writable, exactly
+        ``len(ciphertext_and_tag) - 16`` bytes, not overlapping the inputs).
+
+        Raises IntegrityError when the tag does not verify or the input is shorter than a tag; on
+        that and any other failure after the argument checks, ``dst`` is wiped."""
+        key, nonce, aad = _aead_check(key, nonce, aad)
+        view = _message(ciphertext_and_tag, "ciphertext_and_tag")
+        held = []
+        try:
+            target, dst_len = _target(dst)
+            _hold(held, target)
+            if view.nbytes < TAG_SIZE:
+                lib.st_wipe(target, dst_len)
+                raise IntegrityError(
+                    f"input is {view.nbytes} bytes, shorter than the {TAG_SIZE}-byte tag")
+            length = view.nbytes - TAG_SIZE
+            if dst_len != length:
+                raise ValueError(f"destination must be {length} bytes (the ciphertext), "
+                                 f"got {dst_len}")
+            source = _hold(held, _address(view, False))
+            status = ffi.new("st_status *")
+            rc = lib.st_aead_open(self._provider, key, nonce, aad, len(aad), source, length,
+                                  source + length, target, status)
+        finally:
+            _release(*held)
+        if rc == lib.ST_E_AUTH:
+            raise IntegrityError("AES-GCM authentication failed")
+        if rc != lib.ST_OK:
+            self._raise(status)
+
+    def aead_open(self, key, nonce, ciphertext_and_tag, aad=b"") -> bytes:
+        """Verify and decrypt ``ciphertext || tag`` (see :func:`sealtensors.aead.open`); returns
+        the plaintext. IntegrityError when the tag does not verify; no plaintext escapes."""
+        key, nonce, aad = _aead_check(key, nonce, aad)
+        view = _message(ciphertext_and_tag, "ciphertext_and_tag")
+        if view.nbytes < TAG_SIZE:
+            raise IntegrityError(
+                f"input is {view.nbytes} bytes, shorter than the {TAG_SIZE}-byte tag")
+        out = bytearray(view.nbytes - TAG_SIZE)
+        self.aead_open_into(key, nonce, view, out, aad)
+        plaintext = bytes(out)
+        wipe(out)
+        return plaintext
