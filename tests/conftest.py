@@ -67,19 +67,25 @@ def pytest_report_header(config):
     return f"sealtensors backends: {', '.join(BACKENDS)}{note}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``c_engine_only`` exercise the C engine's own API: they run once per C provider
+    and are deselected (not skipped) for the Python backend."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_python = callspec is not None and callspec.params.get("backend") == "python"
+        (drop if on_python and item.get_closest_marker("c_engine_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _switch_to(backend: str):
     """Make ``backend`` the current engine; returns it."""
     if backend == "python":
         return _backends.use("python")
     provider = backend.split("-", 1)[1]
-    if "provider" in inspect.signature(_backends.use).parameters:
-        return _backends.use("c", provider=provider)
-    # _backends.use() cannot pick a provider yet: construct the engine ourselves.
-    from sealtensors._cengine import CEngine
-
-    engine = CEngine(provider)
-    _backends._current = engine
-    return engine
+    return _backends.use("c", provider=provider)
 
 
 @pytest.fixture(params=BACKENDS, autouse=True)

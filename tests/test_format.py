@@ -94,13 +94,27 @@ def test_parse_fixed_accepts_a_minimal_header():
         == container.MAX_INDEX_MESSAGE
 
 
-@pytest.mark.parametrize("prefix", [b"", b"S", b"SEALTENS", b"SEALTENZ" + bytes(48),
+@pytest.mark.parametrize("prefix", [b"", b"S", b"SEALTEN", b"SEALTENZ" + bytes(48),
                                     b"sealtens" + fixed()[8:], bytes(56), b"\x00" * 15,
                                     b"PK\x03\x04" + bytes(52), fixed()[1:] + b"\x00"])
 def test_bad_magic(prefix):
     with pytest.raises(FormatError, match="magic") as info:
         container.parse_fixed(prefix)
     assert not isinstance(info.value, UnsupportedFormatError)
+
+
+@pytest.mark.parametrize("length", [8, 9, 11, 12, 15])
+def test_truncated_preamble_with_good_magic_is_truncation(length):
+    with pytest.raises(IntegrityError, match="truncated"):
+        container.parse_fixed(fixed()[:length])
+
+
+@pytest.mark.parametrize("length", [10, 12, 16, 40])
+def test_short_file_of_a_future_version_is_unsupported(length):
+    future = bytearray(fixed())
+    future[8:10] = (2).to_bytes(2, "little")
+    with pytest.raises(UnsupportedFormatError):
+        container.parse_fixed(bytes(future[:length]))
 
 
 @pytest.mark.parametrize("length", [16, 17, 40, 55])

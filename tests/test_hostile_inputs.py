@@ -205,13 +205,13 @@ def test_patch_helpers_keep_a_valid_file(good):
 
 
 @pytest.mark.parametrize("how", OPENERS)
-@pytest.mark.parametrize("blob", [b"", b"S", b"SEALTENS", b"x" * 100, b"\x00" * 4096,
+@pytest.mark.parametrize("blob", [b"", b"S", b"SEALTEN", b"x" * 100, b"\x00" * 4096,
                                   b"SEALTENX" + bytes(200)], ids=repr)
 def test_not_a_sealed_file(blob, how, tmp_path):
     rejects(blob, FormatError, how=how, tmp_path=tmp_path)
 
 
-@pytest.mark.parametrize("cut", [16, 17, 55])
+@pytest.mark.parametrize("cut", [8, 12, 16, 17, 55])
 def test_truncated_inside_the_fixed_header(good, cut):
     rejects(good[:cut], IntegrityError)
 

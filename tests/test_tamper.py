@@ -220,7 +220,7 @@ def test_truncation(name, key_index):
     cuts.update(range(0, 64))
     for length in sorted(c for c in cuts if 0 <= c < len(s.blob)):
         exc = attempt(s.blob[:length], s.keys[key_index])
-        expected = FormatError if length < container.PREAMBLE_SIZE else IntegrityError
+        expected = FormatError if length < len(container.MAGIC) else IntegrityError
         assert isinstance(exc, expected), f"{name}: truncated to {length}: {exc!r}"
 
 

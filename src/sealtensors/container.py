@@ -104,17 +104,23 @@ def data_context(file_id: bytes, index_plaintext: bytes) -> bytes:
 
 def parse_fixed(prefix: bytes) -> tuple[int, int, bytes, int, int, int]:
     """Validate the first 56 bytes; returns (version, suite, file id, index len, data len, slots)."""
-    if len(prefix) < PREAMBLE_SIZE or prefix[:8] != MAGIC:
+    if len(prefix) < len(MAGIC) or prefix[:len(MAGIC)] != MAGIC:
         raise FormatError("not a sealtensors file (bad magic)")
+    # Name the version and suite as soon as their bytes are there, so that a short file of a
+    # future format reads as unsupported rather than as truncated.
+    if len(prefix) >= 10:
+        (version,) = struct.unpack_from("<H", prefix, 8)
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormatError(f"sealed file format version {version} is not supported "
+                                         f"(this build reads version {FORMAT_VERSION})")
+    if len(prefix) >= 12:
+        (suite,) = struct.unpack_from("<H", prefix, 10)
+        if suite not in SUPPORTED_SUITES:
+            raise UnsupportedFormatError(f"cipher suite {suite} is not supported")
     if len(prefix) < FIXED_HEADER_SIZE:
         raise IntegrityError("file truncated inside its header")
     magic, version, suite, reserved0, file_id, index_len, data_len, slots, reserved1 = \
         _FIXED.unpack_from(prefix)
-    if version != FORMAT_VERSION:
-        raise UnsupportedFormatError(f"sealed file format version {version} is not supported "
-                                     f"(this build reads version {FORMAT_VERSION})")
-    if suite not in SUPPORTED_SUITES:
-        raise UnsupportedFormatError(f"cipher suite {suite} is not supported")
     if reserved0 or reserved1:
         raise FormatError("reserved header fields must be zero")
     if not 1 <= slots <= MAX_SLOTS:
