@@ -12,6 +12,7 @@ import os
 import struct
 from typing import BinaryIO, Iterator
 
+from . import _strict_json as strict_json
 from .dtypes import item_size
 from .errors import FormatError
 from .index import MAX_INDEX_BYTES, TensorIndex, tensor_nbytes
@@ -26,15 +27,6 @@ class PlainTensor:
         self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
 
 
-def _no_duplicates(pairs):
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise FormatError(f"duplicate key {key!r} in the safetensors header")
-        result[key] = value
-    return result
-
-
 def read_header(fd: int) -> tuple[list[PlainTensor], dict[str, str] | None, int]:
     """Parse a safetensors header; returns (tensors sorted by offset, metadata, data start)."""
     size = os.fstat(fd).st_size
@@ -45,12 +37,7 @@ def read_header(fd: int) -> tuple[list[PlainTensor], dict[str, str] | None, int]
     if header_len > MAX_INDEX_BYTES or 8 + header_len > size:
         raise FormatError(f"safetensors header length {header_len} is impossible for this file")
     raw = os.pread(fd, header_len, 8)
-    try:
-        document = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"safetensors header is not valid JSON: {exc}") from None
+    document = strict_json.loads(raw, "the safetensors header")
     if not isinstance(document, dict):
         raise FormatError("safetensors header must be a JSON object")
     metadata = document.pop("__metadata__", None)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import _strict_json as strict_json
 from .dtypes import item_size
 from .errors import FormatError
 
@@ -143,35 +144,11 @@ def serialize(index: TensorIndex) -> bytes:
     return encoded
 
 
-def _reject_duplicate_keys(pairs):
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise FormatError(f"duplicate key {key!r} in the index")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name):
-    raise FormatError(f"non-standard JSON constant {name} in the index")
-
-
 def parse(encoded: bytes, data_length: int) -> TensorIndex:
     """Parse and validate an index; ``data_length`` is the data section's plaintext length."""
     if len(encoded) > MAX_INDEX_BYTES:
         raise FormatError(f"index larger than {MAX_INDEX_BYTES} bytes")
-    try:
-        text = bytes(encoded).decode("utf-8")
-        document = json.loads(text, object_pairs_hook=_reject_duplicate_keys,
-                              parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise FormatError("index is not UTF-8") from None
-    except RecursionError:
-        raise FormatError("index nests too deeply") from None
-    except ValueError as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"index is not valid JSON: {exc}") from None
+    document = strict_json.loads(encoded, "the index")
     if not isinstance(document, dict) or set(document) != _TOP_LEVEL_KEYS:
         raise FormatError("index must be an object with exactly 'metadata' and 'tensors'")
     metadata = _check_metadata(document["metadata"])
