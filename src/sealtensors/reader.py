@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from . import chunked, container
+from . import _memory, chunked, container
 from .errors import IntegrityError
 from .index import TensorIndex, TensorInfo, parse as parse_index
 from .keys import as_keys
@@ -203,8 +203,9 @@ class SealedReader:
 
     def read_range(self, begin: int, end: int, *, threads: int = 0) -> np.ndarray:
         """Plaintext bytes [begin, end) of the data section in a new uint8 array, decrypting only
-        the chunks covering them."""
-        out = np.empty(end - begin if end >= begin else 0, dtype=np.uint8)
+        the chunks covering them. The array owns its own mapping (no core dumps, wiped when the
+        last view of it is gone)."""
+        out = _memory.allocate(end - begin if end >= begin else 0)
         self.read_range_into(begin, end, out, threads=threads)
         return out
 
