@@ -39,7 +39,10 @@ def plan_rows(index, shape: tuple[int, ...]) -> tuple[int, int, tuple]:
         if selected.step > 0:
             relative = slice(selected.start - first, selected.stop - first, selected.step)
         else:
-            relative = np.arange(selected.start, selected.stop, selected.step) - first
+            # Still a basic slice (an index array would change how numpy combines the other
+            # dimensions' advanced indices): walk down from the start to row 0 of the block, which
+            # is the lowest selected row.
+            relative = slice(selected.start - first, None, selected.step)
         return first, stop, (relative,) + rest
     if isinstance(head, (bool, np.bool_)) or not isinstance(head, (int, np.integer)):
         raise IndexError("get_slice supports integers, slices and an ellipsis")

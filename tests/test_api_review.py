@@ -1,0 +1,40 @@
+"""Regression tests for defects found in an adversarial review of the Python API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sealtensors
+from sealtensors import safe_open
+from sealtensors.numpy import save_file
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def sealed(tmp_path):
+    arrays = {"a": np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3),
+              "big": np.arange(3000 * 11, dtype=np.float32).reshape(3000, 11)}
+    path = tmp_path / "m.sealed"
+    save_file(arrays, path, key=KEY)
+    return path, arrays
+
+
+@pytest.mark.parametrize("index", [
+    (slice(None, None, -1), [0, 1]),
+    (slice(None, None, -2), np.array([[0], [1]]), 0),
+    (slice(4, 0, -1), slice(None), [2, 0]),
+    (slice(None, None, -3),),
+    (slice(3, None, -1), 1),
+])
+def test_negative_step_slice_combines_with_advanced_indices_like_numpy(sealed, index):
+    path, arrays = sealed
+    with safe_open(path, "np", key=KEY) as f:
+        for name in arrays:
+            if len(index) > arrays[name].ndim:
+                continue
+            expected = arrays[name][index]
+            got = f.get_slice(name)[index]
+            assert got.shape == expected.shape
+            assert np.array_equal(got, expected)
