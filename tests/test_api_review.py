@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pytest
 
@@ -38,3 +41,18 @@ def test_negative_step_slice_combines_with_advanced_indices_like_numpy(sealed, i
             got = f.get_slice(name)[index]
             assert got.shape == expected.shape
             assert np.array_equal(got, expected)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_an_unclosed_safe_open_handle_releases_its_file_descriptor_when_dropped(sealed):
+    path, _ = sealed
+    before = _open_fds()
+    for _ in range(20):
+        handle = safe_open(path, "np", key=KEY)
+        handle.get_tensor("a")
+        del handle
+    gc.collect()
+    assert _open_fds() == before

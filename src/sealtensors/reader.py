@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from typing import Iterable
 
 import numpy as np
@@ -31,6 +32,9 @@ class _Source:
         self.view = view
         self.fd = fd
         self.length = length
+        # A handle dropped without close() (``f = safe_open(...)`` outside a ``with``) must not
+        # leak its descriptor.
+        self._close_fd = None if fd is None else weakref.finalize(self, os.close, fd)
 
     @classmethod
     def from_bytes(cls, data) -> "_Source":
@@ -67,8 +71,8 @@ class _Source:
                 self.view.release()
             self.view = None
         if self.fd is not None:
-            os.close(self.fd)
             self.fd = None
+            self._close_fd()
 
 
 class SealedReader:
