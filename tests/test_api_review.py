@@ -56,3 +56,13 @@ def test_an_unclosed_safe_open_handle_releases_its_file_descriptor_when_dropped(
         del handle
     gc.collect()
     assert _open_fds() == before
+
+
+def test_reading_a_closed_handle_is_a_value_error(sealed):
+    path, _ = sealed
+    with safe_open(path, "np", key=KEY) as handle:
+        piece = handle.get_slice("a")
+    for read in (lambda: handle.get_tensor("a"), lambda: piece[:2]):
+        with pytest.raises(ValueError, match="closed"):
+            read()
+    handle.close()  # closing twice is harmless

@@ -135,6 +135,8 @@ class SealedReader:
     # -- data --------------------------------------------------------------------------------
     def _decrypt_chunks(self, first: int, stop: int, dst, threads: int) -> None:
         source = self._source
+        if source is None:
+            raise ValueError("I/O operation on a closed sealed file")
         if source.fd is not None:
             chunked.decrypt_chunk_range_fd_into(self._data_keys, source.fd, self.header.data_offset,
                                                 self.header.data_length, first, stop, dst,
