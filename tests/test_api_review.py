@@ -66,3 +66,26 @@ def test_reading_a_closed_handle_is_a_value_error(sealed):
         with pytest.raises(ValueError, match="closed"):
             read()
     handle.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("dims", [-1, {"w": -1}])
+def test_load_shard_negative_dim_counts_from_the_last_dimension(tmp_path, dims):
+    torch = pytest.importorskip("torch")
+    from sealtensors.torch import load_shard, save_file as torch_save_file
+
+    w = torch.arange(24.0).reshape(4, 6)
+    path = tmp_path / "t.sealed"
+    torch_save_file({"w": w}, path, key=KEY)
+    for rank in range(2):
+        shard = load_shard(path, key=KEY, rank=rank, world_size=2, dims=dims)["w"]
+        assert torch.equal(shard, torch.tensor_split(w, 2, dim=-1)[rank])
+
+
+def test_load_shard_negative_dim_beyond_the_rank_replicates(tmp_path):
+    torch = pytest.importorskip("torch")
+    from sealtensors.torch import load_shard, save_file as torch_save_file
+
+    v = torch.arange(5)
+    path = tmp_path / "t.sealed"
+    torch_save_file({"v": v}, path, key=KEY)
+    assert torch.equal(load_shard(path, key=KEY, rank=1, world_size=2, dims=-2)["v"], v)

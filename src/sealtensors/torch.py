@@ -196,9 +196,9 @@ def load_shard(filename: str | os.PathLike, key, *, rank: int, world_size: int,
                names=None) -> dict[str, torch.Tensor]:
     """Load one tensor-parallel rank's part of each tensor straight to ``device``.
 
-    ``dims`` says which dimension each tensor is split along: one int for all, a mapping from name
-    to dim (None or a missing name = replicated), or None to replicate everything. Tensors with too
-    few dimensions are replicated. Splits follow ``numpy.array_split`` (the first ranks get one more
+    ``dims`` says which dimension each tensor is split along: one int for all (negative counts from
+    the last dimension), a mapping from name to dim (None or a missing name = replicated), or None
+    to replicate everything. Tensors with too few dimensions are replicated. Splits follow ``numpy.array_split`` (the first ranks get one more
     element when the size does not divide). Splitting along dimension 0 decrypts only the chunks
     holding the rank's rows; other dimensions need every row of the tensor.
     """
@@ -214,7 +214,9 @@ def load_shard(filename: str | os.PathLike, key, *, rank: int, world_size: int,
             dim = dims.get(name) if isinstance(dims, Mapping) else dims
             piece = handle.get_slice(name)
             shape = piece.get_shape()
-            if dim is None or dim >= len(shape):
+            if dim is not None and dim < 0:
+                dim += len(shape)  # counted from the last dimension, as in torch
+            if dim is None or not 0 <= dim < len(shape):
                 tensor = piece[...]
             else:
                 begin, end = _shard_bounds(shape[dim], rank, world_size)
