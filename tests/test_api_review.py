@@ -89,3 +89,13 @@ def test_load_shard_negative_dim_beyond_the_rank_replicates(tmp_path):
     path = tmp_path / "t.sealed"
     torch_save_file({"v": v}, path, key=KEY)
     assert torch.equal(load_shard(path, key=KEY, rank=1, world_size=2, dims=-2)["v"], v)
+
+
+def test_rewrap_of_a_directory_is_an_os_error_naming_it_and_leaks_no_descriptor(tmp_path):
+    directory = tmp_path / "d"
+    directory.mkdir()
+    before = _open_fds()
+    with pytest.raises(IsADirectoryError) as info:
+        sealtensors.rewrap(directory, KEY, add=[KEY])
+    assert info.value.filename == str(directory)
+    assert _open_fds() == before

@@ -97,8 +97,8 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
     else:
         refuse_same_file(dst, src)
         mode = 0o644
-    fd = os.open(os.fspath(src), os.O_RDONLY)
-    with os.fdopen(fd, "rb") as source:
+    with open(os.fspath(src), "rb") as source:
+        fd = source.fileno()
         prefix = source.read(container.FIXED_HEADER_SIZE)
         slot_count = container.parse_fixed(prefix)[5]
         header_bytes = prefix + source.read(container.header_size(slot_count) - len(prefix))
