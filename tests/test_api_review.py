@@ -99,3 +99,10 @@ def test_rewrap_of_a_directory_is_an_os_error_naming_it_and_leaks_no_descriptor(
         sealtensors.rewrap(directory, KEY, add=[KEY])
     assert info.value.filename == str(directory)
     assert _open_fds() == before
+
+
+def test_an_output_path_ending_in_a_slash_is_refused_not_written_without_it(tmp_path):
+    target = str(tmp_path / "newdir") + "/"
+    with pytest.raises(IsADirectoryError):
+        save_file({"a": np.zeros(2)}, target, key=KEY)
+    assert not (tmp_path / "newdir").exists()

@@ -85,6 +85,10 @@ def _publish_unnamed(fd: int, directory: Path, destination: Path, overwrite: boo
 def atomic_output(destination: str | os.PathLike, *, overwrite: bool = False, mode: int = 0o644):
     """Yield a binary file object; on clean exit it becomes ``destination`` atomically, with
     permission bits ``mode`` (plaintext outputs should pass 0o600)."""
+    text = os.fspath(destination)
+    if isinstance(text, str) and text.endswith(("/", os.sep)):
+        # Path() would drop the slash and write a file where the caller named a directory.
+        raise IsADirectoryError(errno.EISDIR, "output path names a directory", text)
     destination = Path(destination)
     if not overwrite and destination.exists():
         raise _exists_error(destination)
