@@ -106,3 +106,20 @@ def test_an_output_path_ending_in_a_slash_is_refused_not_written_without_it(tmp_
     with pytest.raises(IsADirectoryError):
         save_file({"a": np.zeros(2)}, target, key=KEY)
     assert not (tmp_path / "newdir").exists()
+
+
+@pytest.mark.parametrize("kind", ["nested", "meta"])
+def test_torch_tensors_without_dense_host_bytes_are_refused_with_value_error(kind):
+    torch = pytest.importorskip("torch")
+    from sealtensors.torch import save
+
+    if kind == "nested":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tensor = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    else:
+        tensor = torch.empty(3, device="meta")
+    with pytest.raises(ValueError):
+        save({"x": tensor}, KEY)

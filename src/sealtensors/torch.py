@@ -97,8 +97,10 @@ def _plan(tensors: Mapping[str, torch.Tensor], metadata) -> tuple[TensorIndex, l
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name!r} is not a torch.Tensor")
-        if tensor.layout != torch.strided:
+        if tensor.layout != torch.strided or tensor.is_nested:
             raise ValueError(f"{name!r}: only dense (strided) tensors can be saved")
+        if tensor.device.type == "meta":
+            raise ValueError(f"{name!r}: a meta tensor has no data to save")
         try:
             dtype_name = _NAME_OF_TORCH[tensor.dtype]
         except KeyError:
