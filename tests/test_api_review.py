@@ -123,3 +123,11 @@ def test_torch_tensors_without_dense_host_bytes_are_refused_with_value_error(kin
         tensor = torch.empty(3, device="meta")
     with pytest.raises(ValueError):
         save({"x": tensor}, KEY)
+
+
+def test_negative_threads_is_a_value_error_on_every_engine(sealed):
+    path, _ = sealed
+    with pytest.raises(ValueError, match="threads"):
+        sealtensors.verify(path, KEY, threads=-1)
+    with pytest.raises(ValueError, match="threads"):
+        sealtensors.load_into(path, KEY, bytearray(sealtensors.buffer_size(path, KEY)), threads=-1)

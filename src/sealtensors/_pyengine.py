@@ -29,6 +29,12 @@ def _wipe(view: memoryview) -> None:
     view[:] = bytes(len(view))
 
 
+def _check_threads(threads) -> None:
+    # Single-threaded, but the argument is validated as the C engine validates it.
+    if int(threads) < 0:
+        raise ValueError("threads must be >= 0 (0 = default)")
+
+
 class PythonEngine:
     name = "python"
 
@@ -36,6 +42,7 @@ class PythonEngine:
         return {"backend": "python", "provider": "pycryptodome", "cpu_path": "generic", "threads": 1}
 
     def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        _check_threads(threads)
         source = _readable_bytes(src)
         target = _writable_bytes(dst)
         count = validate_span(aead_key, base_nonce, first_chunk, len(source), len(target),
@@ -49,6 +56,7 @@ class PythonEngine:
             target[out + len(plain):out + len(plain) + TAG_SIZE] = cipher.digest()
 
     def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        _check_threads(threads)
         self._decrypt(aead_key, base_nonce, first_chunk, src, dst, final=final)
 
     def _decrypt(self, aead_key, base_nonce, first_chunk, src, dst, *, final):
@@ -78,6 +86,7 @@ class PythonEngine:
 
     def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
                         final, threads=0):
+        _check_threads(threads)
         target = _writable_bytes(dst)
         # Read in bounded pieces so memory stays small however large the span is.
         piece_chunks = 256
