@@ -450,6 +450,7 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
         for (int i = 0; i < ready; i++) {
             job->ops->worker_free(workers[i].pstate);
             free(workers[i].readbuf);
+            free(workers[i].bounce); /* never written yet */
         }
         free(workers);
         job->ops->key_free(keystate);
