@@ -134,7 +134,11 @@ static int parse_positive(const char *text)
     char *end = NULL;
     errno = 0;
     long value = strtol(text, &end, 10);
-    if (errno || *end || value <= 0)
+    if (end == text || *end || value <= 0)
+        return 0;
+    if (errno == ERANGE) /* more than a long holds: still a positive integer, so the cap */
+        return ST_MAX_THREADS;
+    if (errno)
         return 0;
     return value > ST_MAX_THREADS ? ST_MAX_THREADS : (int)value;
 }

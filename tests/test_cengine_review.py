@@ -68,3 +68,25 @@ def test_fault_injection_wipes_reports_and_does_not_leak(tmp_path, backend):
     run = subprocess.run([exe, provider], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
     assert run.stdout.rstrip().endswith("ok")
+
+
+@pytest.mark.parametrize("value", ["9" * 19, "9" * 25, "+" + "1" * 40, " " + "7" * 30])
+def test_default_threads_huge_values_agree(monkeypatch, value, backend):
+    """A positive integer too large for a C long is still a positive integer: capped at 256 by C
+    and Python alike (C's strtol reported ERANGE and fell back to the CPU count)."""
+    monkeypatch.setenv("SEALTENSORS_THREADS", value)
+    assert cengine.default_threads() == 256
+    assert cengine.lib.st_default_threads() == 256
+
+
+def test_default_threads_survives_python_int_digit_limit(monkeypatch, backend):
+    """More digits than Python's int() accepts (4300 by default) must not make every engine call
+    raise ValueError; it is a huge positive integer, capped at 256 like in C."""
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
+    monkeypatch.setenv("SEALTENSORS_THREADS", "3" * (limit + 10))
+    assert cengine.default_threads() == 256
+    assert cengine.lib.st_default_threads() == 256
+    monkeypatch.setenv("SEALTENSORS_THREADS", "0" * (limit + 10) + "5")
+    assert cengine.default_threads() == 5 == cengine.lib.st_default_threads()
+    monkeypatch.setenv("SEALTENSORS_THREADS", "0" * (limit + 10))
+    assert cengine.default_threads() == cengine.lib.st_cpu_count() == cengine.lib.st_default_threads()

@@ -66,7 +66,7 @@ def available_providers() -> list[str]:
 
 
 _MAX_THREADS = 256
-_POSITIVE = re.compile(r"[ \t\n\v\f\r]*\+?[0-9]+")
+_POSITIVE = re.compile(r"[ \t\n\v\f\r]*\+?([0-9]+)")
 
 
 def default_threads() -> int:
@@ -77,8 +77,11 @@ def default_threads() -> int:
     code reading it while another Python thread sets a variable would race with ``setenv``.
     """
     text = os.environ.get("SEALTENSORS_THREADS", "")
-    if _POSITIVE.fullmatch(text) and int(text) > 0:
-        return min(int(text), _MAX_THREADS)
+    match = _POSITIVE.fullmatch(text)
+    digits = match.group(1).lstrip("0") if match else ""
+    if digits:
+        # more than 3 significant digits is over the cap, and may be more than int() accepts
+        return _MAX_THREADS if len(digits) > 3 else min(int(digits), _MAX_THREADS)
     return lib.st_cpu_count()
 
 
