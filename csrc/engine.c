@@ -291,7 +291,8 @@ static int run_chunks(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, 
 #if ST_HAVE_STREAM
             if (w->bounce) {
                 rc = job->ops->open(pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
-                stream_copy(out, w->bounce, len);
+                if (rc == ST_OK) /* only authenticated plaintext reaches the destination */
+                    stream_copy(out, w->bounce, len);
             } else
 #endif
                 rc = job->ops->open(pstate, nonce, NULL, 0, in, len, out, in + len, &perr);
