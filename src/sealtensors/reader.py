@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
 from typing import Iterable
 
@@ -35,6 +36,11 @@ class _Source:
         # A handle dropped without close() (``f = safe_open(...)`` outside a ``with``) must not
         # leak its descriptor.
         self._close_fd = None if fd is None else weakref.finalize(self, os.close, fd)
+        # close() from one thread while another reads must not hand the reader a descriptor number
+        # that is already reused for another file: the last user releases the source.
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
 
     @classmethod
     def from_bytes(cls, data) -> "_Source":
@@ -64,7 +70,32 @@ class _Source:
             length -= len(piece)
         return b"".join(pieces)
 
+    @contextlib.contextmanager
+    def in_use(self):
+        """Hold the source open for the duration of a read; ValueError once it is closed."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on a closed sealed file")
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._closed and self._users == 0
+            if last:
+                self._release()
+
     def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._users == 0
+        if idle:
+            self._release()
+
+    def _release(self) -> None:
         if self.view is not None:
             # A slice of it may outlive us (in a traceback's frames); releasing must not fail then.
             with contextlib.suppress(BufferError):
@@ -137,14 +168,16 @@ class SealedReader:
         source = self._source
         if source is None:
             raise ValueError("I/O operation on a closed sealed file")
-        if source.fd is not None:
-            chunked.decrypt_chunk_range_fd_into(self._data_keys, source.fd, self.header.data_offset,
-                                                self.header.data_length, first, stop, dst,
-                                                threads=threads)
-            return
-        with source.view[self.header.data_offset:self.header.file_length] as message:
-            chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
-                                             threads=threads)
+        with source.in_use():
+            if source.fd is not None:
+                chunked.decrypt_chunk_range_fd_into(self._data_keys, source.fd,
+                                                    self.header.data_offset,
+                                                    self.header.data_length, first, stop, dst,
+                                                    threads=threads)
+                return
+            with source.view[self.header.data_offset:self.header.file_length] as message:
+                chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
+                                                 threads=threads)
 
     def read_chunks_into(self, first: int, stop: int, dst, *, threads: int = 0) -> None:
         """Decrypt data chunks [first, stop) into ``dst`` (exactly their plaintext length); on
@@ -235,9 +268,11 @@ class SealedReader:
             buffer.fill(0)
 
     def close(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+        """Close the file. Reads already running in other threads finish first; later ones raise
+        ValueError."""
+        source = self._source
+        if source is not None:
+            source.close()
 
     def __enter__(self) -> "SealedReader":
         return self
