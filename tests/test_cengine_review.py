@@ -91,3 +91,15 @@ def test_default_threads_survives_python_int_digit_limit(monkeypatch, backend):
     assert cengine.default_threads() == 5 == cengine.lib.st_default_threads()
     monkeypatch.setenv("SEALTENSORS_THREADS", "0" * (limit + 10))
     assert cengine.default_threads() == cengine.lib.st_cpu_count() == cengine.lib.st_default_threads()
+
+
+@pytest.mark.parametrize("offset", [2**64, -(2**64), 2**63, -1])
+def test_empty_fd_span_ignores_the_offset_like_python(offset, backend):
+    """An empty non-final span reads nothing: the Python engine accepts any offset, so must C
+    (it raised OverflowError converting the offset to int64_t)."""
+    from sealtensors._pyengine import PythonEngine
+
+    key, nonce = bytes(32), bytes(12)
+    PythonEngine().decrypt_span_fd(key, nonce, 0, 0, offset, 0, bytearray(), final=False)
+    cengine.CEngine(backend.split("-", 1)[1]).decrypt_span_fd(key, nonce, 0, 0, offset, 0,
+                                                              bytearray(), final=False)
