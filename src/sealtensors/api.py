@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 from . import _backends, chunked, container
 from ._atomic import atomic_output, refuse_same_file
 from ._safetensors_io import header_for, read_header, tensor_pieces, write_unpadded
-from .errors import FormatError, InvalidKeyError
+from .errors import InvalidKeyError
 from .index import TensorInfo, align_up, layout
 from .keys import KEY_ID_SIZE, as_key, as_keys, key_id
 from .numpy import tensor_view
@@ -109,7 +109,7 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
         keep = [slot for slot in header.slots if slot.key_id not in remove_ids]
         added_ids = {key_id(k) for k in add_keys}
         if not keep and not add_keys:
-            raise FormatError("refusing to remove every recipient: the file could never be opened")
+            raise ValueError("refusing to remove every recipient: the file could never be opened")
         if remove_ids & added_ids:
             raise ValueError("a key cannot be both added and removed")
         new_header = container.rebuild_with_slots(header, data_key, add_keys, keep)

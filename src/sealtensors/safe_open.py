@@ -75,10 +75,12 @@ class SafeOpen:
         self._reader = SealedReader.open(filename, key)
 
     def keys(self) -> list[str]:
-        return self._reader.keys()
+        """Tensor names, sorted (as ``safetensors.safe_open.keys`` returns them)."""
+        return sorted(self._reader.keys())
 
     def offset_keys(self) -> list[str]:
-        return self.keys()
+        """Tensor names in the order their data is stored."""
+        return self._reader.keys()
 
     def metadata(self) -> dict[str, str] | None:
         return self._reader.metadata()
