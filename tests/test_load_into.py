@@ -118,3 +118,23 @@ def test_read_range_into_matches_full_decrypt_at_every_edge(tmp_path):
                 for end in points:
                     if begin <= end:
                         assert np.array_equal(reader.read_range(begin, end), full[begin:end])
+
+
+def test_failed_file_read_wipes_the_destination(model, monkeypatch):
+    """An OSError while reading the file leaves no plaintext of earlier pieces behind."""
+    import os
+
+    path, _ = model
+    with SealedReader.open(path, KEY) as reader:
+        destination = np.full(reader.data_length, 0x77, dtype=np.uint8)
+        fd = os.open(path, os.O_RDONLY)
+        os.close(fd)  # a descriptor number that is now invalid
+        from sealtensors import _backends
+
+        engine = _backends.engine()
+        with pytest.raises(OSError):
+            engine.decrypt_span_fd(reader._data_keys.aead_key, reader._data_keys.base_nonce, 0, fd,
+                                   reader.header.data_offset + chunked.HEADER_SIZE,
+                                   reader.header.data_length - chunked.HEADER_SIZE, destination,
+                                   final=True)
+        assert not destination.any()

@@ -101,7 +101,11 @@ class PythonEngine:
             n = min(piece_chunks, count - done)
             start = done * ENCRYPTED_CHUNK_SIZE
             piece_len = min(n * ENCRYPTED_CHUNK_SIZE, length - start)
-            data = os.pread(fd, piece_len, offset + start)
+            try:
+                data = os.pread(fd, piece_len, offset + start)
+            except OSError:
+                _wipe(target)  # the C engine wipes on a failed read too
+                raise
             if len(data) != piece_len:
                 # Report the lowest failing chunk: authenticate the whole chunks that did arrive first.
                 whole = len(data) // ENCRYPTED_CHUNK_SIZE
