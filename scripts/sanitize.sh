@@ -3,7 +3,7 @@
 # (the in-tree extension is left alone) and run the C engine's tests and the chunked tests against
 # it, with libasan preloaded into Python. Any sanitizer report aborts the run and fails the script.
 #
-# Usage: scripts/sanitize.sh [pytest args...]   (default: tests/test_cengine.py tests/test_chunked*.py)
+# Usage: scripts/sanitize.sh [pytest args...]   (default: the engine, chunked, AEAD vector and review tests)
 # Env: PYTHON (default /work/venv/bin/python, else python3), HYPOTHESIS_PROFILE (default ci).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,7 @@ print("sanitize: using", native.__file__, "providers", c.available_providers())
 PY
 
 if [ $# -eq 0 ]; then
-    set -- tests/test_cengine.py $(ls tests/test_chunked*.py 2>/dev/null)
+    set -- tests/test_cengine.py tests/test_cengine_review.py tests/test_aead_vectors.py $(ls tests/test_chunked*.py 2>/dev/null)
 fi
 log="$scratch/pytest.log"
 status=0
