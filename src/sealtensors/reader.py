@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from . import _memory, chunked, container
-from .errors import IntegrityError
+from .errors import FormatError, IntegrityError
 from .index import TensorIndex, TensorInfo, parse as parse_index
 from .keys import as_keys
 
@@ -106,6 +106,12 @@ class _Source:
             self._close_fd()
 
 
+def check_tensor_bytes(info: TensorInfo, raw: np.ndarray) -> None:
+    """Reject byte patterns the dtype cannot hold: a BOOL byte must be 0 or 1."""
+    if info.dtype == "BOOL" and raw.size and raw.max() > 1:
+        raise FormatError(f"tensor {info.name!r}: BOOL bytes must be 0 or 1")
+
+
 class SealedReader:
     """An opened, authenticated sealed file. ``keys``: one key or several (any that has a slot).
 
@@ -192,8 +198,21 @@ class SealedReader:
     def read_all_into(self, dst, *, threads: int = 0) -> None:
         """Decrypt the whole data section into ``dst`` (writable, exactly ``data_length`` bytes).
 
-        Every chunk is authenticated, the final one included; on failure ``dst`` is wiped."""
+        Every chunk is authenticated, the final one included. The alignment padding between
+        tensors must be zero and BOOL bytes 0 or 1 (FormatError otherwise). On any failure ``dst``
+        is wiped."""
         self._decrypt_chunks(0, self._chunk_total, dst, threads)
+        data = np.frombuffer(memoryview(dst).cast("B"), dtype=np.uint8)
+        try:
+            position = 0
+            for info in self.index.tensors:
+                if data[position:info.begin].any():
+                    raise FormatError(f"non-zero padding before tensor {info.name!r}")
+                check_tensor_bytes(info, data[info.begin:info.end])
+                position = info.end
+        except FormatError:
+            data.fill(0)
+            raise
 
     def read_range_into(self, begin: int, end: int, dst, *, threads: int = 0) -> None:
         """Decrypt plaintext bytes [begin, end) of the data section into ``dst`` (writable, exactly

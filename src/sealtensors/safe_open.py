@@ -13,7 +13,7 @@ import numpy as np
 from ._slicing import plan_rows
 from .dtypes import numpy_dtype
 from .index import TensorInfo
-from .reader import SealedReader
+from .reader import SealedReader, check_tensor_bytes
 
 _FRAMEWORKS = {"np": "np", "numpy": "np", "pt": "pt", "torch": "pt", "pytorch": "pt"}
 
@@ -47,9 +47,12 @@ class TensorSlice:
             row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
             raw = self._handle._reader.read_range(info.begin + first * row_bytes,
                                                   info.begin + stop * row_bytes)
+            check_tensor_bytes(info, raw)
             block = raw.view(dtype).reshape((stop - first,) + info.shape[1:])
         else:
-            block = self._handle._reader.read_range(info.begin, info.end).view(dtype).reshape(())
+            raw = self._handle._reader.read_range(info.begin, info.end)
+            check_tensor_bytes(info, raw)
+            block = raw.view(dtype).reshape(())
         result = block[relative] if relative else block
         return _convert(np.asarray(result), info.dtype, self._handle._framework,
                         self._handle._device)
@@ -88,6 +91,7 @@ class SafeOpen:
     def get_tensor(self, name: str):
         info = self._reader.info(name)
         raw = self._reader.read_range(info.begin, info.end)
+        check_tensor_bytes(info, raw)
         array = raw.view(numpy_dtype(info.dtype)).reshape(info.shape)
         return _convert(array, info.dtype, self._framework, self._device)
 
