@@ -32,6 +32,7 @@ _NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 
 DTYPE_NAMES: tuple[str, ...] = tuple(_NUMPY_DTYPES)
+_LITTLE_ENDIAN = {name: dtype.newbyteorder("<") for name, dtype in _NUMPY_DTYPES.items()}
 _NAME_OF_NUMPY = {dtype: name for name, dtype in _NUMPY_DTYPES.items()}
 
 
@@ -43,8 +44,10 @@ def item_size(name: str) -> int:
 
 
 def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype that reads stored bytes: always little-endian, as the format stores them
+    (identical to the native dtype on little-endian hosts)."""
     try:
-        return _NUMPY_DTYPES[name]
+        return _LITTLE_ENDIAN[name]
     except KeyError:
         raise FormatError(f"unknown dtype {name!r}") from None
 
