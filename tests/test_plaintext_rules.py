@@ -65,3 +65,37 @@ def test_bool_bytes_other_than_zero_and_one_are_refused(tmp_path):
             handle.get_tensor("flags")
         with pytest.raises(FormatError, match="BOOL"):
             handle.get_slice("flags")[2:]
+
+
+def test_verify_applies_the_plaintext_rules_and_reports_progress(tmp_path):
+    bad_padding = _sealed([("a", "U8", (3,)), ("b", "U8", (2,))], [b"\x01\x02\x03", b"\x04\x05"],
+                          padding_byte=1)
+    bad_bool = _sealed([("flags", "BOOL", (3,))], [b"\x00\x02\x01"])
+    good = _sealed([("a", "U8", (70_000,)), ("flags", "BOOL", (2,))], [bytes(70_000), b"\x01\x00"])
+    for blob, message in ((bad_padding, "padding"), (bad_bool, "BOOL")):
+        path = tmp_path / f"{message}.sealed"
+        path.write_bytes(blob)
+        with pytest.raises(FormatError, match=message):
+            sealtensors.verify(path, KEY)
+    path = tmp_path / "good.sealed"
+    path.write_bytes(good)
+    seen = []
+    summary = sealtensors.verify(path, KEY, progress=seen.append)
+    assert seen and seen[-1] == summary["data_size"] and seen == sorted(seen)
+
+
+@pytest.mark.parametrize("span_chunks", [1, 2, 4096])
+def test_verify_rules_across_span_boundaries(span_chunks):
+    # BOOL tensor straddling the first chunk boundary; padding before a later tensor.
+    entries = [("lead", "U8", (16_000,)), ("flags", "BOOL", (1_000,)), ("tail", "U8", (33,)),
+               ("last", "U8", (5,))]
+    pieces = [bytes(16_000), b"\x01" * 1_000, bytes(33), bytes(5)]
+    with SealedReader.from_bytes(_sealed(entries, pieces), KEY) as reader:
+        reader.verify(span_chunks=span_chunks)
+    late_bool = [bytes(16_000), b"\x01" * 999 + b"\x09", bytes(33), bytes(5)]
+    with SealedReader.from_bytes(_sealed(entries, late_bool), KEY) as reader:
+        with pytest.raises(FormatError, match="BOOL"):
+            reader.verify(span_chunks=span_chunks)
+    with SealedReader.from_bytes(_sealed(entries, pieces, padding_byte=3), KEY) as reader:
+        with pytest.raises(FormatError, match="padding"):
+            reader.verify(span_chunks=span_chunks)

@@ -150,11 +150,13 @@ def inspect(path: str | os.PathLike, key=None) -> dict:
     return report
 
 
-def verify(path: str | os.PathLike, key, *, threads: int = 0) -> dict:
+def verify(path: str | os.PathLike, key, *, threads: int = 0,
+           progress: ProgressCallback | None = None) -> dict:
     """Authenticate every byte of a sealed file (header, slots, index, every data chunk); writes
-    nothing. Returns a small summary, raises on the first failure."""
+    nothing. ``progress`` is called with the plaintext bytes authenticated so far. Returns a small
+    summary, raises on the first failure."""
     with SealedReader.open(path, key) as reader:
-        reader.verify(threads=threads)
+        reader.verify(threads=threads, progress=progress)
         return {"tensors": len(reader.index.tensors), "data_size": reader.data_length}
 
 

@@ -267,10 +267,36 @@ class SealedReader:
         self.read_range_into(begin, end, out, threads=threads)
         return out
 
-    def verify(self, *, threads: int = 0) -> None:
-        """Authenticate every chunk of the data, a bounded span at a time; returns or raises."""
-        for _ in self.iter_spans(4096, threads=threads):
-            pass
+    def verify(self, *, threads: int = 0, progress=None, span_chunks: int = 4096) -> None:
+        """Authenticate every chunk of the data, a bounded span at a time, and apply the plaintext
+        rules (zero padding, BOOL bytes 0/1); returns or raises. ``progress(bytes_done)`` is called
+        after each span."""
+        # Byte ranges the rules constrain, in order: (begin, end, tensor) with tensor None for padding.
+        ruled = []
+        position = 0
+        for info in self.index.tensors:
+            if info.begin > position:
+                ruled.append((position, info.begin, None))
+            if info.dtype == "BOOL" and info.nbytes:
+                ruled.append((info.begin, info.end, info))
+            position = info.end
+        start = 0
+        for span in self.iter_spans(span_chunks, threads=threads):
+            data = np.frombuffer(span, dtype=np.uint8)
+            end = start + len(data)
+            while ruled and ruled[0][0] < end:
+                begin, stop, info = ruled[0]
+                piece = data[max(begin, start) - start:min(stop, end) - start]
+                if info is None and piece.any():
+                    raise FormatError(f"non-zero padding at data offset {max(begin, start)}")
+                if info is not None:
+                    check_tensor_bytes(info, piece)
+                if stop > end:
+                    break
+                ruled.pop(0)
+            start = end
+            if progress is not None and len(data):
+                progress(end)
 
     def iter_spans(self, span_chunks: int = 1024, *, threads: int = 0) -> Iterable[memoryview]:
         """Yield the data section's plaintext in order, one bounded span at a time.
