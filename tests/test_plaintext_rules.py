@@ -99,3 +99,12 @@ def test_verify_rules_across_span_boundaries(span_chunks):
     with SealedReader.from_bytes(_sealed(entries, pieces, padding_byte=3), KEY) as reader:
         with pytest.raises(FormatError, match="padding"):
             reader.verify(span_chunks=span_chunks)
+
+
+def test_unseal_refuses_ill_formed_plaintext_and_writes_nothing(tmp_path):
+    blob = _sealed([("flags", "BOOL", (3,))], [b"\x00\x07\x01"])
+    source = tmp_path / "bad.sealed"
+    source.write_bytes(blob)
+    with pytest.raises(FormatError, match="BOOL"):
+        sealtensors.unseal_file(source, tmp_path / "out.safetensors", KEY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.sealed"]

@@ -55,7 +55,7 @@ def unseal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrit
 
             def spans():
                 done = 0
-                for span in reader.iter_spans(threads=threads):
+                for span in reader.iter_checked_spans(threads=threads):
                     yield span
                     done += len(span)
                     if progress is not None and len(span):

@@ -271,6 +271,15 @@ class SealedReader:
         """Authenticate every chunk of the data, a bounded span at a time, and apply the plaintext
         rules (zero padding, BOOL bytes 0/1); returns or raises. ``progress(bytes_done)`` is called
         after each span."""
+        done = 0
+        for span in self.iter_checked_spans(span_chunks, threads=threads):
+            done += len(span)
+            if progress is not None and len(span):
+                progress(done)
+
+    def iter_checked_spans(self, span_chunks: int = 1024, *, threads: int = 0):
+        """:meth:`iter_spans`, with the plaintext rules (zero padding between tensors, BOOL bytes
+        0 or 1) applied to each span before it is yielded (FormatError otherwise)."""
         # Byte ranges the rules constrain, in order: (begin, end, tensor) with tensor None for padding.
         ruled = []
         position = 0
@@ -295,8 +304,7 @@ class SealedReader:
                     break
                 ruled.pop(0)
             start = end
-            if progress is not None and len(data):
-                progress(end)
+            yield span
 
     def iter_spans(self, span_chunks: int = 1024, *, threads: int = 0) -> Iterable[memoryview]:
         """Yield the data section's plaintext in order, one bounded span at a time.
