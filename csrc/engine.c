@@ -1,12 +1,21 @@
 /*
  * The span engine: length rules, chunk nonces, work distribution over threads, error reporting.
  *
- * Threading: a call that is worth splitting (enough chunks, threads > 1) starts up to threads-1
- * helper threads and works itself as well. Batches of consecutive chunks are handed out through an
- * atomic counter. A failing chunk is recorded under a mutex only when it is lower than the failure
- * already recorded; batches that start above the recorded failure are skipped. Every chunk below the
- * final recorded failure has therefore been processed, so the reported chunk is the lowest failing
- * one whatever the thread timing. The caller joins every helper and then reports once.
+ * Threading: a call that is worth splitting (enough chunks, threads > 1) borrows up to threads-1
+ * helper threads from a small resident pool and works itself as well. Batches of consecutive chunks
+ * are handed out through an atomic counter. A failing chunk is recorded under a mutex only when it
+ * is lower than the failure already recorded; batches that start above the recorded failure are
+ * skipped. Every chunk below the final recorded failure has therefore been processed, so the
+ * reported chunk is the lowest failing one whatever the thread timing. The caller waits until every
+ * borrowed helper has finished its part and then reports once.
+ *
+ * The pool: creating threads and their scratch buffers on every call cost more than decrypting
+ * a 1 MiB span, so helpers are created lazily (never more than the largest thread count a call
+ * asked for, minus one) and sleep on their own condition variable between calls. A call only takes
+ * helpers that are idle and never waits for one, so concurrent calls cannot deadlock: with none
+ * free, the calling thread does the whole job. Key and provider state stay per call; a helper keeps
+ * only its read and bounce buffers. After fork() the child has no helpers: an atfork handler
+ * forgets them and the child's next parallel call starts new ones.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -200,6 +209,7 @@ typedef struct span_job {
     atomic_uint_fast64_t next_batch;
     atomic_uint_fast64_t fail_at; /* relative index of the lowest failure so far; UINT64_MAX: none */
     pthread_mutex_t lock;
+    int pending;         /* helpers still working on this job; guarded by the pool lock */
     int fail_code;
     unsigned long fail_provider;
     int fail_errno;
@@ -210,8 +220,6 @@ typedef struct worker {
     void *pstate;
     uint8_t *readbuf;
     uint8_t *bounce; /* one chunk of plaintext, cache resident, when streaming stores are used */
-    pthread_t thread;
-    int started;
 } worker;
 
 static void record_failure(span_job *job, uint64_t rel, int code, unsigned long perr, int err)
@@ -358,9 +366,8 @@ static void run_batch(span_job *job, worker *w, uint64_t b)
     run_chunks(job, w, w->readbuf, lo, hi);
 }
 
-static void *work(void *arg)
+static void work(worker *w)
 {
-    worker *w = arg;
     span_job *job = w->job;
     for (;;) {
         uint64_t b = atomic_fetch_add_explicit(&job->next_batch, 1, memory_order_relaxed);
@@ -371,16 +378,176 @@ static void *work(void *arg)
         run_batch(job, w, b);
     }
 #if ST_HAVE_STREAM
-    _mm_sfence(); /* streaming stores are visible before the caller joins and returns */
+    _mm_sfence(); /* streaming stores are visible before the caller is told this part is done */
 #endif
+}
+
+/* ---------------------------------------------------------------- the helper pool */
+
+#define ST_READBUF_LEN ((size_t)ST_MAX_FD_BATCH * ST_ENCRYPTED_CHUNK_SIZE)
+
+typedef struct helper {
+    pthread_t thread;
+    pthread_cond_t wake;
+    worker *task;    /* this call's part, set by the caller; NULL again once it is done */
+    int quit;        /* st_pool_shutdown */
+    uint8_t *readbuf; /* scratch kept across calls (ST_READBUF_LEN bytes), or NULL */
+    uint8_t *bounce;  /* one chunk, 64-byte aligned, wiped after every call; or NULL */
+} helper;
+
+/* Every helper is listed in `all` (so the memory stays reachable for leak checkers); the idle ones
+ * are also on the `idle` stack. One lock guards the lists, every helper's `task`/`quit` and every
+ * job's `pending`; it is never held while chunks are processed. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t done; /* some helper finished its part of some job */
+    int count, nidle;
+    helper *all[ST_MAX_THREADS - 1];
+    helper *idle[ST_MAX_THREADS - 1];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}, {0}};
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void *helper_main(void *arg)
+{
+    helper *h = arg;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!h->task && !h->quit)
+            pthread_cond_wait(&h->wake, &pool.lock);
+        if (!h->task)
+            break;
+        worker *w = h->task;
+        pthread_mutex_unlock(&pool.lock);
+        work(w);
+        if (w->bounce) /* it may hold plaintext that failed authentication */
+            st_wipe(w->bounce, ST_CHUNK_SIZE);
+        pthread_mutex_lock(&pool.lock);
+        /* the last access to the job: after this the caller may return */
+        if (--w->job->pending == 0)
+            pthread_cond_broadcast(&pool.done);
+        h->task = NULL;
+        pool.idle[pool.nidle++] = h;
+    }
+    pthread_mutex_unlock(&pool.lock);
     return NULL;
 }
+
+static void helper_free(helper *h)
+{
+    free(h->readbuf);
+    free(h->bounce);
+    free(h);
+}
+
+/* fork() holds the lock so that the child copies a consistent pool; the child then drops the
+ * helpers, whose threads exist only in the parent (glibc has reset malloc's locks by now). */
+static void pool_fork_prepare(void) { pthread_mutex_lock(&pool.lock); }
+static void pool_fork_parent(void) { pthread_mutex_unlock(&pool.lock); }
+static void pool_fork_child(void)
+{
+    for (int i = 0; i < pool.count; i++)
+        helper_free(pool.all[i]); /* no pthread_cond_destroy: waiters of the parent are counted */
+    pool.count = pool.nidle = 0;
+    pool.done = (pthread_cond_t)PTHREAD_COND_INITIALIZER;
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static void pool_init(void)
+{
+    pthread_atfork(pool_fork_prepare, pool_fork_parent, pool_fork_child);
+}
+
+/* A new helper with no task yet (only its creator knows it), or NULL. */
+static helper *helper_new(void)
+{
+    helper *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    if (pthread_cond_init(&h->wake, NULL) != 0) {
+        free(h);
+        return NULL;
+    }
+    /* Helpers block every signal so that signals keep reaching the threads that expect them. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&h->thread, NULL, helper_main, h);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        pthread_cond_destroy(&h->wake);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* Take up to `want` helpers for one call: idle ones first, then new ones while the pool is smaller
+ * than `want`. Never waits for a busy helper. Returns how many were taken (into `got`). */
+static int pool_take(helper **got, int want)
+{
+    pthread_once(&pool_once, pool_init);
+    pthread_mutex_lock(&pool.lock);
+    int n = 0;
+    while (n < want && pool.nidle > 0)
+        got[n++] = pool.idle[--pool.nidle];
+    while (n < want && pool.count < want) {
+        helper *h = helper_new();
+        if (!h)
+            break; /* go on with fewer helpers */
+        pool.all[pool.count++] = h;
+        got[n++] = h;
+    }
+    pthread_mutex_unlock(&pool.lock);
+    return n;
+}
+
+static void pool_give_back(helper **h, int n)
+{
+    if (n <= 0)
+        return;
+    pthread_mutex_lock(&pool.lock);
+    for (int i = 0; i < n; i++)
+        pool.idle[pool.nidle++] = h[i];
+    pthread_mutex_unlock(&pool.lock);
+}
+
+void st_pool_shutdown(void)
+{
+    pthread_mutex_lock(&pool.lock);
+    int count = pool.count;
+    helper *all[ST_MAX_THREADS - 1];
+    memcpy(all, pool.all, (size_t)count * sizeof *all);
+    for (int i = 0; i < count; i++) {
+        all[i]->quit = 1;
+        pthread_cond_signal(&all[i]->wake);
+    }
+    pool.count = pool.nidle = 0;
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < count; i++) {
+        pthread_join(all[i]->thread, NULL);
+        pthread_cond_destroy(&all[i]->wake);
+        helper_free(all[i]);
+    }
+}
+
+/* ---------------------------------------------------------------- running a job */
 
 static int resolve_threads(int threads)
 {
     if (threads <= 0)
         threads = st_default_threads();
     return threads > ST_MAX_THREADS ? ST_MAX_THREADS : threads;
+}
+
+static void worker_release(const span_job *job, worker *w)
+{
+    job->ops->worker_free(w->pstate);
+    free(w->readbuf);
+    if (w->bounce) {
+        st_wipe(w->bounce, ST_CHUNK_SIZE);
+        free(w->bounce);
+    }
 }
 
 /* Run the job; returns ST_OK or the code of the lowest failure (details in *status). */
@@ -415,6 +582,8 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
     job->fail_code = ST_OK;
     job->fail_provider = 0;
     job->fail_errno = 0;
+    job->pending = 0;
+    int need_readbuf = !job->src && !job->encrypt;
 
     unsigned long perr = 0;
     void *keystate = NULL;
@@ -422,72 +591,79 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
     if (rc != ST_OK)
         return finish(status, rc, -1, perr, 0);
 
+    /* workers[0] is the calling thread, with its own per-call buffers */
     worker *workers = calloc((size_t)nworkers, sizeof *workers);
-    if (!workers) {
+    helper **helpers = nworkers > 1 ? calloc((size_t)nworkers - 1, sizeof *helpers) : NULL;
+    if (!workers || (nworkers > 1 && !helpers)) {
+        free(workers);
+        free(helpers);
         job->ops->key_free(keystate);
         return finish(status, ST_E_NOMEM, -1, 0, 0);
     }
-    size_t readbuf_len = 0;
-    if (!job->src && !job->encrypt)
-        readbuf_len = (size_t)batch * ST_ENCRYPTED_CHUNK_SIZE;
-    /* Set up every worker on this thread; if resources run out, go on with the ones that exist. */
-    int ready = 0;
-    rc = ST_OK;
-    for (int i = 0; i < nworkers; i++) {
-        workers[i].job = job;
-        rc = job->ops->worker_new(keystate, job->encrypt, &workers[i].pstate, &perr);
-        if (rc != ST_OK)
-            break;
-        if (readbuf_len && !(workers[i].readbuf = malloc(readbuf_len))) {
-            job->ops->worker_free(workers[i].pstate);
-            rc = ST_E_NOMEM;
-            break;
-        }
-        if (job->stream && !job->encrypt &&
-            posix_memalign((void **)&workers[i].bounce, 64, ST_CHUNK_SIZE) != 0)
-            workers[i].bounce = NULL; /* fall back to decrypting in place */
-        ready++;
+    worker *self = &workers[0];
+    self->job = job;
+    rc = job->ops->worker_new(keystate, job->encrypt, &self->pstate, &perr);
+    if (rc == ST_OK && need_readbuf &&
+        !(self->readbuf = malloc((size_t)batch * ST_ENCRYPTED_CHUNK_SIZE))) {
+        job->ops->worker_free(self->pstate);
+        rc = ST_E_NOMEM;
     }
-    if (ready == 0) {
+    if (rc == ST_OK && pthread_mutex_init(&job->lock, NULL) != 0) {
+        job->ops->worker_free(self->pstate);
+        free(self->readbuf);
+        rc = ST_E_NOMEM;
+    }
+    if (rc != ST_OK) {
         free(workers);
+        free(helpers);
         job->ops->key_free(keystate);
         return finish(status, rc, -1, perr, 0);
     }
+    if (job->stream && posix_memalign((void **)&self->bounce, 64, ST_CHUNK_SIZE) != 0)
+        self->bounce = NULL; /* fall back to decrypting in place */
 
-    if (pthread_mutex_init(&job->lock, NULL) != 0) {
+    /* Borrow helpers and give each its per-call provider state and its cached buffers; if
+     * resources run out, go on with the ones that are ready and give the rest back. */
+    int taken = nworkers > 1 ? pool_take(helpers, nworkers - 1) : 0;
+    int ready = 0;
+    for (; ready < taken; ready++) {
+        helper *h = helpers[ready];
+        worker *w = &workers[1 + ready];
+        w->job = job;
+        if (need_readbuf && !h->readbuf && !(h->readbuf = malloc(ST_READBUF_LEN)))
+            break;
+        if (job->ops->worker_new(keystate, job->encrypt, &w->pstate, &perr) != ST_OK)
+            break;
+        w->readbuf = need_readbuf ? h->readbuf : NULL;
+        if (job->stream && !h->bounce &&
+            posix_memalign((void **)&h->bounce, 64, ST_CHUNK_SIZE) != 0)
+            h->bounce = NULL; /* this call decrypts in place; the next one tries again */
+        w->bounce = job->stream ? h->bounce : NULL;
+    }
+    pool_give_back(helpers + ready, taken - ready);
+    if (ready > 0) {
+        pthread_mutex_lock(&pool.lock);
+        job->pending = ready;
         for (int i = 0; i < ready; i++) {
-            job->ops->worker_free(workers[i].pstate);
-            free(workers[i].readbuf);
-            free(workers[i].bounce); /* never written yet */
+            helpers[i]->task = &workers[1 + i];
+            pthread_cond_signal(&helpers[i]->wake);
         }
-        free(workers);
-        job->ops->key_free(keystate);
-        return finish(status, ST_E_NOMEM, -1, 0, 0);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    work(self); /* the caller works too, so the job finishes even without helpers */
+    if (ready > 0) {
+        /* no helper touches this job (on this stack) or its buffers once pending is 0 */
+        pthread_mutex_lock(&pool.lock);
+        while (job->pending > 0)
+            pthread_cond_wait(&pool.done, &pool.lock);
+        pthread_mutex_unlock(&pool.lock);
     }
 
-    if (ready > 1) {
-        /* Helpers block every signal so that signals keep reaching the threads that expect them. */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-        for (int i = 1; i < ready; i++)
-            workers[i].started = pthread_create(&workers[i].thread, NULL, work, &workers[i]) == 0;
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
-    work(&workers[0]); /* the caller works too, so the job finishes even if no helper started */
-    for (int i = 1; i < ready; i++)
-        if (workers[i].started)
-            pthread_join(workers[i].thread, NULL);
-
-    for (int i = 0; i < ready; i++) {
-        job->ops->worker_free(workers[i].pstate);
-        free(workers[i].readbuf);
-        if (workers[i].bounce) {
-            st_wipe(workers[i].bounce, ST_CHUNK_SIZE);
-            free(workers[i].bounce);
-        }
-    }
+    worker_release(job, self);
+    for (int i = 1; i <= ready; i++)
+        job->ops->worker_free(workers[i].pstate); /* the buffers stay with the helper */
     free(workers);
+    free(helpers);
     job->ops->key_free(keystate);
     pthread_mutex_destroy(&job->lock);
 

@@ -97,6 +97,11 @@ int st_default_threads(void);
 int st_cpu_count(void);
 const char *st_status_message(int code);
 
+/* Stop and free the helper threads of the engine's resident pool; the next parallel call starts
+ * new ones. Only while no engine call is in flight. Not needed in normal use (the pool lives as long
+ * as the process and stays reachable); for tests and leak checkers. */
+void st_pool_shutdown(void);
+
 /* Memory helpers for the loader. */
 void st_wipe(void *ptr, size_t len);
 int st_lock_memory(void *ptr, size_t len);   /* 0 or errno */

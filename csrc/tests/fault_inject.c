@@ -8,6 +8,8 @@
  *   - a decrypt streamed through the bounce buffer (128+ chunks) never writes a chunk that failed
  *     authentication into the destination, not even until the final wipe;
  *   - nothing leaks (built with ASan/LeakSanitizer by tests/test_cengine_review.py).
+ * Every run first shuts the engine's helper pool down, so that each run creates its helpers (and
+ * their buffers) again under the plan.
  *
  *   fault_inject [ipsecmb|openssl]   exits 0 when every check held, 1 otherwise (default: both)
  */
@@ -157,6 +159,7 @@ static void run(op_t op, int provider, int threads, int which, long nth, int fro
     size_t out_len;
     memset(out, 0xaa, CIPHER);
     ERR_clear_error();
+    st_pool_shutdown(); /* every run starts its helper threads anew, under the plan */
     set_plan(which, nth, from);
     switch (op) {
     case OP_DEC_MEM:
@@ -285,6 +288,7 @@ int main(int argc, char **argv)
             }
         printf("%s: %d checks\n", st_provider_name(provider), checks);
     }
+    st_pool_shutdown();
     close(fd);
     free(plaintext);
     free(ciphertext);

@@ -1,6 +1,8 @@
 /*
- * Hammer the span engine's worker threads: many chunks, many thread counts, concurrent callers,
- * tampered chunks (the lowest failing chunk must win every time) and the pread path.
+ * Hammer the span engine's helper pool: many chunks, concurrent callers (more of them than helpers)
+ * each asking for a different thread count on every call, tampered chunks (the lowest failing chunk
+ * must win every time), the pread path, truncated and unreadable files, and a pool shut down and
+ * rebuilt between passes.
  * Built and run under ThreadSanitizer by scripts/tsan_pool.sh; exits non-zero on any wrong answer.
  *
  *   pool_stress [rounds]
@@ -17,7 +19,7 @@
 #define CHUNKS 300
 #define PLAIN (CHUNKS * ST_CHUNK_SIZE + 1234)
 #define CIPHER (PLAIN + (CHUNKS + 1) * ST_TAG_SIZE)
-#define CALLERS 4
+#define CALLERS 6
 
 static uint8_t key[ST_KEY_SIZE], nonce[ST_NONCE_SIZE];
 static uint8_t *plaintext, *reference;
@@ -62,7 +64,7 @@ static void *caller(void *arg)
         return NULL;
     }
     for (int round = 0; round < a->rounds; round++) {
-        int threads = 1 + (round * 7 + a->id) % 16;
+        int threads = (round * 7 + a->id * 5) % 17; /* 0 = the default */
         /* encryption agrees with the single-threaded reference */
         int rc = st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, ct, CIPHER, 1,
                                      threads, &status);
@@ -94,6 +96,17 @@ static void *caller(void *arg)
         if (rc != ST_E_LENGTH || status.chunk_index != (int64_t)(5 + CUT / ST_ENCRYPTED_CHUNK_SIZE) ||
             !all_zero(out, PLAIN))
             fail("truncated fd", a->id, threads, rc, status.chunk_index);
+        /* an unreadable file: every batch fails to read; the first chunk is reported */
+        memset(out, 0xaa, PLAIN);
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, -1, 0, CIPHER, out, PLAIN, 1, threads,
+                                &status);
+        if (rc != ST_E_IO || status.chunk_index != 5 || !all_zero(out, PLAIN))
+            fail("unreadable fd", a->id, threads, rc, status.chunk_index);
+        /* a span too short to split (10 chunks), between the parallel ones */
+        rc = st_decrypt_span_mem(provider, key, nonce, 5, reference, 10 * ST_ENCRYPTED_CHUNK_SIZE,
+                                 out, 10 * ST_CHUNK_SIZE, 0, threads, &status);
+        if (rc != ST_OK || memcmp(out, plaintext, 10 * ST_CHUNK_SIZE) != 0)
+            fail("short span", a->id, threads, rc, status.chunk_index);
     }
     free(ct);
     free(out);
@@ -137,15 +150,18 @@ int main(int argc, char **argv)
             pwrite(fd, reference, CIPHER, 100) != (ssize_t)CIPHER || ftruncate(cut_fd, 0) != 0 ||
             pwrite(cut_fd, reference, CUT, 0) != (ssize_t)CUT)
             return 2;
-        pthread_t threads[CALLERS];
-        caller_arg args[CALLERS];
-        for (int i = 0; i < CALLERS; i++) {
-            args[i] = (caller_arg){i, rounds, fd, cut_fd};
-            pthread_create(&threads[i], NULL, caller, &args[i]);
+        for (int pass = 0; pass < 2; pass++) {
+            pthread_t threads[CALLERS];
+            caller_arg args[CALLERS];
+            for (int i = 0; i < CALLERS; i++) {
+                args[i] = (caller_arg){i, rounds, fd, cut_fd};
+                pthread_create(&threads[i], NULL, caller, &args[i]);
+            }
+            for (int i = 0; i < CALLERS; i++)
+                pthread_join(threads[i], NULL);
+            st_pool_shutdown(); /* the next pass (and provider) starts new helpers */
         }
-        for (int i = 0; i < CALLERS; i++)
-            pthread_join(threads[i], NULL);
-        printf("%s (%s): %d callers x %d rounds done\n", st_provider_name(provider),
+        printf("%s (%s): %d callers x %d rounds x 2 passes done\n", st_provider_name(provider),
                st_provider_cpu_path(provider), CALLERS, rounds);
     }
     close(fd);
