@@ -640,7 +640,8 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
             h->bounce = NULL; /* this call decrypts in place; the next one tries again */
         w->bounce = job->stream ? h->bounce : NULL;
     }
-    pool_give_back(helpers + ready, taken - ready);
+    if (taken > ready) /* helpers may be NULL when none was asked for: no pointer arithmetic then */
+        pool_give_back(helpers + ready, taken - ready);
     if (ready > 0) {
         pthread_mutex_lock(&pool.lock);
         job->pending = ready;

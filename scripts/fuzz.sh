@@ -54,6 +54,9 @@ if command -v "$CC" >/dev/null && echo 'int LLVMFuzzerTestOneInput(const char*d,
     "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
         -Wall -Wextra "${defs[@]}" -Icsrc fuzz/engine_fuzzer.c csrc/engine.c "${objs[@]}" \
         -o "$out/engine_fuzzer" "${libs[@]}"
+    # Inputs that once failed replay first, as a plain run over fuzz/regressions/engine.
+    echo "== engine_fuzzer regressions"
+    (cd "$out" && ./engine_fuzzer ../regressions/engine/*) || status=1
     echo "== engine_fuzzer (${c_time}s)"
     (cd "$out" && ./engine_fuzzer ../corpus/engine -max_total_time="$c_time" -timeout=10 \
         -max_len=4096 -rss_limit_mb=4096 -print_final_stats=1 \
