@@ -453,9 +453,14 @@ static void pool_fork_child(void)
     pthread_mutex_unlock(&pool.lock);
 }
 
+/* Without the handlers a forked child would inherit idle helpers that have no thread and wait for
+ * them forever: if they cannot be registered (ENOMEM), there is no pool and calls run on the
+ * calling thread alone. Written once under pool_once; read after pthread_once. */
+static int pool_enabled;
+
 static void pool_init(void)
 {
-    pthread_atfork(pool_fork_prepare, pool_fork_parent, pool_fork_child);
+    pool_enabled = pthread_atfork(pool_fork_prepare, pool_fork_parent, pool_fork_child) == 0;
 }
 
 /* A new helper with no task yet (only its creator knows it), or NULL. */
@@ -487,6 +492,8 @@ static helper *helper_new(void)
 static int pool_take(helper **got, int want)
 {
     pthread_once(&pool_once, pool_init);
+    if (!pool_enabled)
+        return 0;
     pthread_mutex_lock(&pool.lock);
     int n = 0;
     while (n < want && pool.nidle > 0)

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../sealtensors.h"
@@ -42,6 +44,50 @@ static int all_zero(const uint8_t *p, size_t n)
         if (p[i])
             return 0;
     return 1;
+}
+
+/* pthread_atfork is linked from libc_nonshared.a; this definition replaces it so that registration
+ * can be made to fail (ENOMEM), as it may in glibc. */
+extern int __register_atfork(void (*)(void), void (*)(void), void (*)(void), void *);
+extern void *__dso_handle __attribute__((__weak__, __visibility__("hidden")));
+static int atfork_fails;
+int pthread_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void))
+{
+    if (atfork_fails)
+        return 12; /* ENOMEM */
+    return __register_atfork(prepare, parent, child, &__dso_handle == NULL ? NULL : __dso_handle);
+}
+
+/* With no atfork handlers the engine must not keep helpers: a forked child would inherit idle
+ * helpers without threads and wait for them forever. Run in a child process (the pool registers its
+ * handlers once per process); returns 0 when a grandchild's parallel decrypt finished and was right. */
+static int atfork_failure_check(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        atfork_fails = 1;
+        uint8_t *out = malloc(PLAIN);
+        st_status status;
+        int ok = out && st_decrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, reference, CIPHER,
+                                            out, PLAIN, 1, 4, &status) == ST_OK &&
+                 memcmp(out, plaintext, PLAIN) == 0;
+        pid_t grandchild = fork();
+        if (grandchild == 0) {
+            alarm(20); /* a child waiting for helpers that do not exist dies here */
+            int rc = st_decrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, reference, CIPHER, out,
+                                         PLAIN, 1, 4, &status);
+            _exit(rc == ST_OK && memcmp(out, plaintext, PLAIN) == 0 ? 0 : 1);
+        }
+        int wstatus = 0;
+        ok = ok && grandchild > 0 && waitpid(grandchild, &wstatus, 0) == grandchild &&
+             WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    int wstatus = 0;
+    return pid > 0 && waitpid(pid, &wstatus, 0) == pid && WIFEXITED(wstatus) &&
+                   WEXITSTATUS(wstatus) == 0
+               ? 0
+               : 1;
 }
 
 /* the truncated file holds the span's first CUT bytes */
@@ -134,6 +180,13 @@ int main(int argc, char **argv)
         return 2;
     unlink(path);
     unlink(cut_path);
+
+    st_status setup;
+    if (st_encrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, plaintext, PLAIN, reference, CIPHER,
+                            1, 1, &setup) != ST_OK)
+        return 3;
+    if (atfork_failure_check() != 0) /* first: no helper thread exists yet in this process */
+        fail("fork after pthread_atfork failed", -1, 4, 0, -1);
 
     int providers[] = {ST_PROVIDER_IPSECMB, ST_PROVIDER_OPENSSL};
     for (size_t p = 0; p < 2; p++) {
