@@ -75,17 +75,23 @@ def read_header(fd: int) -> tuple[list[PlainTensor], dict[str, str] | None, int]
     return tensors, metadata, data_start
 
 
-def tensor_pieces(fd: int, data_start: int, tensor: PlainTensor) -> Iterator[bytes]:
-    """The tensor's bytes read in bounded pieces with pread."""
+def tensor_pieces(fd: int, data_start: int, tensor: PlainTensor,
+                  buffer: bytearray) -> Iterator[memoryview]:
+    """The tensor's bytes read with pread into ``buffer``, one bounded piece at a time.
+
+    Each piece is a view of ``buffer``, valid until the next one is requested: one buffer serves
+    the whole file, so sealing allocates nothing per piece (fresh multi-MiB allocations per piece
+    made the allocator's footprint grow with the file)."""
+    view = memoryview(buffer)
     position = data_start + tensor.begin
     remaining = tensor.end - tensor.begin
     while remaining:
-        piece = os.pread(fd, min(remaining, READ_PIECE), position)
-        if not piece:
+        got = os.preadv(fd, [view[:min(remaining, len(view))]], position)
+        if not got:
             raise FormatError("safetensors file changed size while being read")
-        position += len(piece)
-        remaining -= len(piece)
-        yield piece
+        position += got
+        remaining -= got
+        yield view[:got]
 
 
 def header_for(index: TensorIndex) -> bytes:

@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 from . import _backends, chunked, container
 from ._atomic import atomic_output, refuse_same_file
-from ._safetensors_io import header_for, read_header, tensor_pieces, write_unpadded
+from ._safetensors_io import READ_PIECE, header_for, read_header, tensor_pieces, write_unpadded
 from .errors import InvalidKeyError
 from .index import TensorInfo, align_up, layout
 from .keys import KEY_ID_SIZE, as_key, as_keys, key_id
@@ -36,8 +36,10 @@ def seal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrite:
         tensors, metadata, data_start = read_header(fd)
         index = layout(((t.name, t.dtype, t.shape) for t in tensors), metadata)
         with atomic_output(dst, overwrite=overwrite) as out:
-            write_sealed(out, index, (tensor_pieces(fd, data_start, t) for t in tensors), recipients,
-                         threads=threads, progress=progress)
+            largest = max((t.end - t.begin for t in tensors), default=0)
+            piece_buffer = bytearray(max(1, min(READ_PIECE, largest)))
+            pieces = (tensor_pieces(fd, data_start, t, piece_buffer) for t in tensors)
+            write_sealed(out, index, pieces, recipients, threads=threads, progress=progress)
     finally:
         os.close(fd)
 
