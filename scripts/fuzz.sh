@@ -30,6 +30,10 @@ mkdir -p "$out" fuzz/corpus/engine
 c_time=$(( total * 2 / 5 )); py_time=$(( (total - c_time) / 2 ))
 [ "$c_time" -ge 1 ] || c_time=1; [ "$py_time" -ge 1 ] || py_time=1
 status=0
+# FUZZ_SEED makes a bounded run repeatable (CI sets it, so a run that passed once keeps passing and a
+# finding reproduces); without it libFuzzer picks a new seed each time, as long runs should.
+seed_opt=()
+[ -n "${FUZZ_SEED:-}" ] && seed_opt=(-seed="$FUZZ_SEED")
 
 # --- the C engine under libFuzzer ----------------------------------------------------------------
 if command -v "$CC" >/dev/null && echo 'int LLVMFuzzerTestOneInput(const char*d,unsigned long n){return 0;}' \
@@ -58,7 +62,7 @@ if command -v "$CC" >/dev/null && echo 'int LLVMFuzzerTestOneInput(const char*d,
     echo "== engine_fuzzer regressions"
     (cd "$out" && ./engine_fuzzer ../regressions/engine/*) || status=1
     echo "== engine_fuzzer (${c_time}s)"
-    (cd "$out" && ./engine_fuzzer ../corpus/engine -max_total_time="$c_time" -timeout=10 \
+    (cd "$out" && ./engine_fuzzer ../corpus/engine "${seed_opt[@]}" -max_total_time="$c_time" -timeout=10 \
         -max_len=4096 -rss_limit_mb=4096 -print_final_stats=1 \
         $( [ "$workers" -gt 1 ] && echo "-jobs=$workers -workers=$workers" )) || status=1
 else
@@ -70,7 +74,7 @@ fi
 if "$PYTHON" -c "import atheris" 2>/dev/null; then
     for target in load index; do
         echo "== sealed_fuzzer $target (${py_time}s)"
-        (cd "$out" && "$PYTHON" ../sealed_fuzzer.py "$target" "../corpus/$target" \
+        (cd "$out" && "$PYTHON" ../sealed_fuzzer.py "$target" "../corpus/$target" "${seed_opt[@]}" \
             -max_total_time="$py_time" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
             $( [ "$workers" -gt 1 ] && echo "-jobs=$workers -workers=$workers" )) || status=1
     done
