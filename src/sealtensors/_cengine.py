@@ -213,25 +213,15 @@ class CEngine:
     # -- engine protocol --------------------------------------------------------------------
 
     def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
-        threads = _check_threads(threads)
-        held = []
-        try:
-            source = _hold(held, _address(src, False))
-            src_len = _nbytes(src)
-            target, dst_len = _target(dst)
-            _hold(held, target)
-            validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
-                          decrypting=False)
-            status = ffi.new("st_status *")
-            rc = lib.st_encrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce),
-                                         first_chunk, source, src_len, target, dst_len, bool(final),
-                                         threads, status)
-        finally:
-            _release(*held)
-        if rc != lib.ST_OK:
-            self._raise(status)
+        self._span_mem(lib.st_encrypt_span_mem, False, aead_key, base_nonce, first_chunk, src, dst,
+                       final, threads)
 
     def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+        self._span_mem(lib.st_decrypt_span_mem, True, aead_key, base_nonce, first_chunk, src, dst,
+                       final, threads)
+
+    def _span_mem(self, entry, decrypting, aead_key, base_nonce, first_chunk, src, dst, final,
+                  threads):
         threads = _check_threads(threads)
         held = []
         try:
@@ -241,14 +231,13 @@ class CEngine:
             _hold(held, target)
             try:
                 validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
-                              decrypting=True)
-            except IntegrityError:
+                              decrypting=decrypting)
+            except IntegrityError:  # only decryption reports impossible lengths this way
                 lib.st_wipe(target, dst_len)
                 raise
             status = ffi.new("st_status *")
-            rc = lib.st_decrypt_span_mem(self._provider, bytes(aead_key), bytes(base_nonce),
-                                         first_chunk, source, src_len, target, dst_len, bool(final),
-                                         threads, status)
+            rc = entry(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk, source,
+                       src_len, target, dst_len, bool(final), threads, status)
         finally:
             _release(*held)
         if rc != lib.ST_OK:
