@@ -55,15 +55,8 @@ def unseal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrit
         with atomic_output(dst, overwrite=overwrite, mode=0o600) as out:
             out.write(header_for(reader.index))
 
-            def spans():
-                done = 0
-                for span in reader.iter_checked_spans(threads=threads):
-                    yield span
-                    done += len(span)
-                    if progress is not None and len(span):
-                        progress(done)
-
-            write_unpadded(out, reader.index, spans())
+            write_unpadded(out, reader.index,
+                           reader.iter_checked_spans(threads=threads, progress=progress))
 
 
 def _ids_to_remove(remove: Iterable) -> set[bytes]:

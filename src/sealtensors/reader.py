@@ -271,15 +271,13 @@ class SealedReader:
         """Authenticate every chunk of the data, a bounded span at a time, and apply the plaintext
         rules (zero padding, BOOL bytes 0/1); returns or raises. ``progress(bytes_done)`` is called
         after each span."""
-        done = 0
-        for span in self.iter_checked_spans(span_chunks, threads=threads):
-            done += len(span)
-            if progress is not None and len(span):
-                progress(done)
+        for _ in self.iter_checked_spans(span_chunks, threads=threads, progress=progress):
+            pass
 
-    def iter_checked_spans(self, span_chunks: int = 1024, *, threads: int = 0):
+    def iter_checked_spans(self, span_chunks: int = 1024, *, threads: int = 0, progress=None):
         """:meth:`iter_spans`, with the plaintext rules (zero padding between tensors, BOOL bytes
-        0 or 1) applied to each span before it is yielded (FormatError otherwise)."""
+        0 or 1) applied to each span before it is yielded (FormatError otherwise). After the
+        consumer is done with a non-empty span, ``progress(bytes_done)`` is called."""
         # Byte ranges the rules constrain, in order: (begin, end, tensor) with tensor None for padding.
         ruled = []
         position = 0
@@ -305,6 +303,8 @@ class SealedReader:
                 ruled.pop(0)
             start = end
             yield span
+            if progress is not None and len(data):
+                progress(end)
 
     def iter_spans(self, span_chunks: int = 1024, *, threads: int = 0) -> Iterable[memoryview]:
         """Yield the data section's plaintext in order, one bounded span at a time.
