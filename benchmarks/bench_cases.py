@@ -58,7 +58,7 @@ class Case:
 
 
 def _use(backend: str, provider: str | None = None):
-    from sealtensors import _backends
+    from sealtensors.engine import backends as _backends
 
     return _backends.use(backend, provider=provider)
 
@@ -71,7 +71,7 @@ def _threads_env(threads: int | None) -> None:
 
 
 def _prefaulted(nbytes: int) -> np.ndarray:
-    from sealtensors import _memory
+    from sealtensors.engine import memory as _memory
 
     buffer = _memory.allocate(nbytes)  # the same kind of memory load_file decrypts into
     buffer.fill(0)

@@ -42,6 +42,6 @@ def _restore_engine_and_threads():
         os.environ.pop("SEALTENSORS_THREADS", None)
     else:
         os.environ["SEALTENSORS_THREADS"] = saved
-    from sealtensors import _backends
+    from sealtensors.engine import backends as _backends
 
     _backends.use("auto")

@@ -41,7 +41,8 @@ def _usage():
 
 def step(directory: str, name: str) -> dict:
     import bench_model
-    from sealtensors import _memory, chunked
+    from sealtensors.engine import memory as _memory
+    from sealtensors.crypto import chunked
     from sealtensors.reader import SealedReader
 
     manifest = bench_model.load_manifest(directory)

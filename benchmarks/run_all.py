@@ -96,7 +96,7 @@ def machine() -> dict:
         pass
     try:
         import sealtensors
-        from sealtensors import _cengine
+        from sealtensors.engine import cengine as _cengine
 
         info["sealtensors"] = sealtensors.__version__
         info["engine"] = sealtensors.engine_info()

@@ -40,7 +40,7 @@ def test_throughput(benchmark, bench_context, name):
         if bench_context.manifest["cryptotensors"] is None:
             pytest.skip("model built without cryptotensors")
     if "ipsecmb" in name:
-        from sealtensors import _cengine
+        from sealtensors.engine import cengine as _cengine
 
         if "ipsecmb" not in _cengine.available_providers():
             pytest.skip("ipsec-mb provider not available")

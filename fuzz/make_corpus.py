@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else Path(__file__).parent / "corpus"
     _deterministic_randomness(1234)
     from sealtensors import numpy as stnp
-    from sealtensors import container
+    from sealtensors.format import container
     from sealtensors.reader import SealedReader
 
     (out / "load").mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
             header = reader.header
             count = container.parse_fixed(blob[:container.FIXED_HEADER_SIZE])[5]
             data_key = container.unlock(header, blob[:container.header_size(count)], list(keys))
-        from sealtensors import chunked
+        from sealtensors.crypto import chunked
         index = chunked.decrypt(data_key, blob[header.index_offset:header.data_offset],
                                 container.index_context(header.file_id))
         data_len = chunked.plaintext_length(header.data_length)

@@ -45,14 +45,18 @@ except ImportError:  # the fallback mutator below still runs
 if atheris is not None:
     with atheris.instrument_imports(include=["sealtensors"]):
         import sealtensors  # noqa: F401
-        from sealtensors import SealError, chunked, container
+        from sealtensors import SealError
+        from sealtensors.crypto import chunked
+        from sealtensors.format import container
         from sealtensors import numpy as stnp
-        from sealtensors.index import parse as parse_index
+        from sealtensors.format.index import parse as parse_index
         from sealtensors.reader import SealedReader
 else:
-    from sealtensors import SealError, chunked, container
+    from sealtensors import SealError
+    from sealtensors.crypto import chunked
+    from sealtensors.format import container
     from sealtensors import numpy as stnp
-    from sealtensors.index import parse as parse_index
+    from sealtensors.format.index import parse as parse_index
     from sealtensors.reader import SealedReader
 
 KEYS = [bytes(range(32)), bytes(range(32, 64))]  # must match fuzz/make_corpus.py

@@ -35,7 +35,7 @@ export SEALTENSORS_REQUIRE_C=1
 export PYCRYPTODOME_DISABLE_DEEPBIND=1  # RTLD_DEEPBIND cannot be loaded under ASan
 
 "$python" - <<PY
-import sealtensors._native as native, sealtensors._cengine as c
+import sealtensors._native as native, sealtensors.engine.cengine as c
 assert native.__file__.startswith("$scratch"), native.__file__
 print("sanitize: using", native.__file__, "providers", c.available_providers())
 PY

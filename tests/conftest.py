@@ -3,7 +3,7 @@
 Every test runs once per engine: ``python`` (pycryptodome) and ``c-<provider>`` for each AES provider
 the C engine reports on this machine. The parametrization is an autouse fixture (the shape of
 markupsafe's conftest), so a test needs nothing to be covered on all engines; a test that wants to know
-which engine runs takes the ``backend`` fixture (or reads ``sealtensors._backends.engine().name``
+which engine runs takes the ``backend`` fixture (or reads ``sealtensors.engine.backends.engine().name``
 inside Hypothesis tests, which must not request function-scoped fixtures by name).
 
 Environment:
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from sealtensors import _backends
+from sealtensors.engine import backends as _backends
 
 # --- Hypothesis profiles -------------------------------------------------------------------------
 
@@ -45,9 +45,9 @@ def _require_c() -> bool:
 def _discover_backends() -> tuple[list[str], str | None]:
     """(backend ids, why the C engine is missing or None)."""
     try:
-        from sealtensors import _cengine
+        from sealtensors.engine import cengine as _cengine
     except ImportError as exc:
-        return ["python"], f"sealtensors._cengine cannot be imported: {exc}"
+        return ["python"], f"sealtensors.engine.cengine cannot be imported: {exc}"
     providers = list(_cengine.available_providers())
     if not providers:
         return ["python"], "the C engine reports no available AES provider"

@@ -1,7 +1,7 @@
 """AES-256-GCM known answers: Wycheproof ``aes_gcm_test.json`` and NIST CAVP ``gcmDecrypt256.rsp``.
 
 The 256-bit key / 96-bit IV / 128-bit tag subsets (66 Wycheproof + 375 NIST cases, AAD included) go
-through :mod:`sealtensors.aead` on every backend: pycryptodome on ``python``, the C engine's
+through :mod:`sealtensors.crypto.aead` on every backend: pycryptodome on ``python``, the C engine's
 ``st_aead_open`` / ``st_aead_seal`` on each ``c-<provider>`` (a spy on the engine class proves the C
 entry point did the work). Every other size must be refused with a clear error. The empty-AAD subsets
 also go through the current engine's ``decrypt_span`` as a single final chunk (a chunk's nonce is the
@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealtensors import _backends, aead
-from sealtensors._engine_api import CHUNK_SIZE
+from sealtensors.engine import backends as _backends
+from sealtensors.crypto import aead
+from sealtensors.engine.spec import CHUNK_SIZE
 from sealtensors.errors import IntegrityError, InvalidKeyError
 
 from conftest import VECTORS
@@ -469,7 +470,7 @@ def test_c_open_wipes_on_failure_in_c(backend):
 @pytest.mark.c_engine_only
 def test_c_providers_agree_on_aad_messages(backend):
     _c_only(backend)
-    from sealtensors._cengine import CEngine, available_providers
+    from sealtensors.engine.cengine import CEngine, available_providers
 
     key, nonce = os.urandom(32), os.urandom(12)
     for length, aad_len in [(0, 0), (0, 1), (17, 0), (5000, 4097), (CHUNK_SIZE * 3 + 1, 70000)]:

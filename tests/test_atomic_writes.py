@@ -10,8 +10,8 @@ import pytest
 
 import sealtensors
 import sealtensors.numpy as snp
-from sealtensors import _backends
-from sealtensors._atomic import DestinationExistsError
+from sealtensors.engine import backends as _backends
+from sealtensors.io.atomic import DestinationExistsError
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))

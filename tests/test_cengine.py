@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sealtensors._engine_api import (
+from sealtensors.engine.spec import (
     CHUNK_SIZE,
     ENCRYPTED_CHUNK_SIZE,
     KEY_SIZE,
@@ -23,10 +23,10 @@ from sealtensors._engine_api import (
     TAG_SIZE,
     span_ciphertext_length,
 )
-from sealtensors._pyengine import PythonEngine
+from sealtensors.engine.pyengine import PythonEngine
 from sealtensors.errors import BackendError, IntegrityError
 
-cengine = pytest.importorskip("sealtensors._cengine", reason="C engine not built")
+cengine = pytest.importorskip("sealtensors.engine.cengine", reason="C engine not built")
 CEngine = cengine.CEngine
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -471,9 +471,10 @@ def test_default_threads_without_environment(monkeypatch):
 def test_version_mismatch_refuses_to_load():
     code = (
         "import sealtensors._version as v; v.__version__ = '0.0.0-other'\n"
-        "from sealtensors import _backends, errors\n"
+        "from sealtensors.engine import backends as _backends\n"
+        "from sealtensors import errors\n"
         "try:\n"
-        "    import sealtensors._cengine\n"
+        "    import sealtensors.engine.cengine\n"
         "except ImportError as exc:\n"
         "    assert 'built for version' in str(exc), exc\n"
         "else:\n"

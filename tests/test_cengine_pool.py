@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from sealtensors import _cengine as cengine
+from sealtensors.engine import cengine
 from sealtensors.errors import IntegrityError
 
 pytestmark = pytest.mark.c_engine_only

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from sealtensors import _cengine as cengine
+from sealtensors.engine import cengine
 
 pytestmark = pytest.mark.c_engine_only
 
@@ -97,7 +97,7 @@ def test_default_threads_survives_python_int_digit_limit(monkeypatch, backend):
 def test_empty_fd_span_ignores_the_offset_like_python(offset, backend):
     """An empty non-final span reads nothing: the Python engine accepts any offset, so must C
     (it raised OverflowError converting the offset to int64_t)."""
-    from sealtensors._pyengine import PythonEngine
+    from sealtensors.engine.pyengine import PythonEngine
 
     key, nonce = bytes(32), bytes(12)
     PythonEngine().decrypt_span_fd(key, nonce, 0, 0, offset, 0, bytearray(), final=False)

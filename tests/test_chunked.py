@@ -1,4 +1,4 @@
-"""Properties of the chunked construction (sealtensors.chunked) on every engine."""
+"""Properties of the chunked construction (sealtensors.crypto.chunked) on every engine."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import random
 import pytest
 from hypothesis import example, given, strategies as st
 
-from sealtensors import _backends, chunked
-from sealtensors._engine_api import (
+from sealtensors.engine import backends as _backends
+from sealtensors.crypto import chunked
+from sealtensors.engine.spec import (
     ENCRYPTED_CHUNK_SIZE,
     MAX_CHUNKS,
     chunk_nonce,
     span_ciphertext_length,
     span_plaintext_length,
 )
-from sealtensors._pyengine import PythonEngine
+from sealtensors.engine.pyengine import PythonEngine
 from sealtensors.errors import CommitmentError, IntegrityError, InvalidKeyError
 
 CHUNK = chunked.CHUNK_SIZE

@@ -14,7 +14,8 @@ import zlib
 
 import pytest
 
-from sealtensors import _backends, chunked
+from sealtensors.engine import backends as _backends
+from sealtensors.crypto import chunked
 from sealtensors.errors import CommitmentError, IntegrityError, InvalidKeyError, SealError
 
 from conftest import VECTORS
@@ -176,7 +177,7 @@ def test_derived_keys(case):
     assert keys.aead_key.hex() == case["aeadKey"]
     assert keys.base_nonce.hex() == case["baseNonce"]
     body = case["ct_bytes"][chunked.HEADER_SIZE:]
-    from sealtensors._engine_api import span_plaintext_length
+    from sealtensors.engine.spec import span_plaintext_length
 
     length = span_plaintext_length(len(body), final=True)
     dst = bytearray(b"\x5a" * (length if length is not None else 100))

@@ -20,7 +20,7 @@ import pytest
 
 import sealtensors
 from sealtensors import cli
-from sealtensors.keys import key_id, read_key_file
+from sealtensors.keys.keyfile.keyfile import key_id, read_key_file
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -326,7 +326,7 @@ def test_usage_errors_exit_2(tmp_path, plain, sealed, keys, capsys):
 
 
 def test_backend_error_exits_7(monkeypatch, capsys):
-    from sealtensors import _backends
+    from sealtensors.engine import backends as _backends
 
     monkeypatch.setenv("SEALTENSORS_BACKEND", "no-such-engine")
     monkeypatch.setattr(_backends, "_current", None)

@@ -33,12 +33,12 @@ def digest(arrays: dict[str, np.ndarray]) -> dict[str, str]:
 
 def use_backend(backend: str) -> None:
     """Select ``backend`` (a conftest id such as ``python`` or ``c-openssl``) in a child process."""
-    from sealtensors import _backends
+    from sealtensors.engine import backends as _backends
 
     if backend == "python":
         _backends.use("python")
     else:
-        from sealtensors._cengine import CEngine
+        from sealtensors.engine.cengine import CEngine
 
         _backends._current = CEngine(backend.split("-", 1)[1])
 

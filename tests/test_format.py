@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from sealtensors import chunked, container, index
-from sealtensors.dtypes import DTYPE_NAMES, item_size
+from sealtensors.crypto import chunked
+from sealtensors.format import container
+from sealtensors.format import index
+from sealtensors.format.dtypes import DTYPE_NAMES, item_size
 from sealtensors.errors import FormatError, IntegrityError, UnsupportedFormatError
-from sealtensors.keys import key_id
+from sealtensors.keys.keyfile.keyfile import key_id
 from sealtensors.numpy import load, save
 from sealtensors.reader import SealedReader
 

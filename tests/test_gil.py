@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sealtensors._engine_api import CHUNK_SIZE, span_ciphertext_length
+from sealtensors.engine.spec import CHUNK_SIZE, span_ciphertext_length
 
-cengine = pytest.importorskip("sealtensors._cengine", reason="C engine not built")
+cengine = pytest.importorskip("sealtensors.engine.cengine", reason="C engine not built")
 PROVIDERS = cengine.available_providers()
 
 

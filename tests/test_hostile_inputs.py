@@ -30,12 +30,12 @@ from sealtensors import (
     SealError,
     UnsupportedFormatError,
     WrongKeyError,
-    chunked,
-    container,
     safe_open,
 )
+from sealtensors.crypto import chunked
+from sealtensors.format import container
 from sealtensors import numpy as stnp
-from sealtensors.index import ALIGNMENT, MAX_NAME_BYTES
+from sealtensors.format.index import ALIGNMENT, MAX_NAME_BYTES
 from sealtensors.reader import SealedReader
 
 KEY = bytes(range(32))
@@ -566,7 +566,9 @@ def test_tampered_tensor_chunk_never_returns_plaintext(how, tmp_path):
 _KEPT_ERROR_SCRIPT = r"""
 import gc, secrets, json, sys
 import numpy as np
-from sealtensors import IntegrityError, chunked, container
+from sealtensors import IntegrityError
+from sealtensors.crypto import chunked
+from sealtensors.format import container
 from sealtensors import numpy as stnp
 
 key = bytes(range(32))

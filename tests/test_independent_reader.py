@@ -3,7 +3,7 @@
 Nothing here imports the format code of sealtensors: the reader and writer below use the standard
 library (struct, hmac, hashlib, json) and AES-GCM from the ``cryptography`` package. sealtensors is
 used only to produce files to read (``sealtensors.numpy.save`` / ``save_file``,
-``sealtensors.keys.generate_key``) and, as the reference, to read the files written here and to say
+``sealtensors.keys.keyfile.keyfile.generate_key``) and, as the reference, to read the files written here and to say
 which error it raises. Section numbers (§) refer to docs/FORMAT.md.
 """
 
@@ -25,7 +25,7 @@ AESGCM = pytest.importorskip("cryptography.hazmat.primitives.ciphers.aead").AESG
 InvalidTag = pytest.importorskip("cryptography.exceptions").InvalidTag
 
 import sealtensors.numpy as st_numpy
-from sealtensors.keys import generate_key
+from sealtensors.keys.keyfile.keyfile import generate_key
 
 FORMAT_MD = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from sealtensors.errors import InvalidKeyError
-from sealtensors.keys import (
+from sealtensors.keys.keyfile.keyfile import (
     KEY_FILE_PREFIX,
     as_key,
     as_keys,

@@ -25,9 +25,9 @@ from sealtensors import (
     IntegrityError,
     SealError,
     WrongKeyError,
-    chunked,
     safe_open,
 )
+from sealtensors.crypto import chunked
 from sealtensors import numpy as stnp
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")

@@ -9,7 +9,8 @@ import pytest
 
 import sealtensors
 import sealtensors.numpy as stn
-from sealtensors import IntegrityError, WrongKeyError, chunked
+from sealtensors import IntegrityError, WrongKeyError
+from sealtensors.crypto import chunked
 from sealtensors.reader import SealedReader
 
 KEY = bytes(range(32))
@@ -56,7 +57,7 @@ def test_chosen_tensors_are_packed_aligned(model, names):
 
 def test_chosen_tensor_decrypts_only_its_chunks(model, monkeypatch):
     path, _ = model
-    engine = sealtensors._backends.engine()
+    engine = sealtensors.engine.backends.engine()
     counted = []
     original = engine.decrypt_span_fd
 
@@ -129,7 +130,7 @@ def test_failed_file_read_wipes_the_destination(model, monkeypatch):
         destination = np.full(reader.data_length, 0x77, dtype=np.uint8)
         fd = os.open(path, os.O_RDONLY)
         os.close(fd)  # a descriptor number that is now invalid
-        from sealtensors import _backends
+        from sealtensors.engine import backends as _backends
 
         engine = _backends.engine()
         with pytest.raises(OSError):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from sealtensors import _backends, chunked
-from sealtensors.dtypes import DTYPE_NAMES, numpy_dtype
+from sealtensors.engine import backends as _backends
+from sealtensors.crypto import chunked
+from sealtensors.format.dtypes import DTYPE_NAMES, numpy_dtype
 from sealtensors.errors import FormatError, InvalidKeyError, SealError, WrongKeyError
 from sealtensors.numpy import load, load_file, save, save_file
 from sealtensors.reader import SealedReader
@@ -185,7 +186,7 @@ def test_unsupported_inputs():
 
 
 def test_key_file_paths(tmp_path):
-    from sealtensors.keys import write_key_file
+    from sealtensors.keys.keyfile.keyfile import write_key_file
 
     key_path = tmp_path / "key"
     key = write_key_file(key_path)

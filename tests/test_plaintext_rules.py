@@ -12,7 +12,7 @@ import pytest
 import sealtensors
 import sealtensors.numpy as stn
 from sealtensors import FormatError, writer
-from sealtensors.index import layout
+from sealtensors.format.index import layout
 from sealtensors.reader import SealedReader
 
 KEY = bytes(range(32))

@@ -9,7 +9,7 @@ import pytest
 
 import sealtensors
 from sealtensors import InvalidKeyError, WrongKeyError, key_id
-from sealtensors._atomic import DestinationExistsError
+from sealtensors.io.atomic import DestinationExistsError
 from sealtensors.numpy import load_file
 
 A, B, C = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))

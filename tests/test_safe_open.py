@@ -11,8 +11,8 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import sealtensors
-from sealtensors import _backends
-from sealtensors._engine_api import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE
+from sealtensors.engine import backends as _backends
+from sealtensors.engine.spec import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE
 from sealtensors.numpy import load_file, save_file
 
 KEY = bytes(range(32))

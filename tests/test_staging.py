@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from sealtensors import IntegrityError, _staging, chunked
+from sealtensors import IntegrityError
+from sealtensors.engine import staging as _staging
+from sealtensors.crypto import chunked
 from sealtensors.reader import SealedReader
 import sealtensors.numpy as stn
 

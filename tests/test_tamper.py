@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from sealtensors import chunked, container
+from sealtensors.crypto import chunked
+from sealtensors.format import container
 from sealtensors.errors import (
     CommitmentError,
     FormatError,

@@ -305,7 +305,7 @@ PIN_SCRIPT = textwrap.dedent(r"""
 
     import torch
     import sealtensors.torch as st
-    from sealtensors._memory import PinningWarning
+    from sealtensors.engine.memory import PinningWarning
 
     expected = torch.arange(256 * 1024, dtype=torch.int32)
     report = {"cuda": torch.cuda.is_available()}

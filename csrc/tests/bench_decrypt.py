@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from sealtensors._cengine import CEngine, available_providers
-from sealtensors._engine_api import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, span_ciphertext_length
+from sealtensors.engine.cengine import CEngine, available_providers
+from sealtensors.engine.spec import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, span_ciphertext_length
 
 
 def seconds(fn) -> float:

@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 
-from sealtensors import _memory
+from sealtensors.engine import memory as _memory
 from sealtensors.reader import SealedReader
 
 path = sys.argv[1] if len(sys.argv) > 1 else "/tmp/sb/m/model.sealed"

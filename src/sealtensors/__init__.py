@@ -23,16 +23,16 @@ from .api import (
     unseal_file,
     verify,
 )
-from ._atomic import DestinationExistsError
-from ._memory import PinningWarning
-from .keys import generate_key, key_id, read_key_file, write_key_file
+from .io.atomic import DestinationExistsError
+from .engine.memory import PinningWarning
+from .keys.keyfile import generate_key, key_id, read_key_file, write_key_file
 from .safe_open import safe_open
 
 
 def __getattr__(name: str):
     # ``sealtensors.backend`` is computed on access: the engine can be switched at run time.
     if name == "backend":
-        from ._backends import backend_name
+        from .engine.backends import backend_name
 
         return backend_name()
     raise AttributeError(f"module 'sealtensors' has no attribute {name!r}")

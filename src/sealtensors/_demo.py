@@ -119,8 +119,8 @@ def run_demo(size_mib: float = 64.0, directory: str | os.PathLike | None = None,
 def _run(workdir: Path, size_mib: float, out: Callable[[str], None], keep: bool) -> int:
     import sealtensors
     from sealtensors import numpy as st_numpy
-    from sealtensors.dtypes import name_of_numpy
-    from sealtensors.keys import generate_key, key_id, write_key_file
+    from sealtensors.format.dtypes import name_of_numpy
+    from sealtensors.keys.keyfile import generate_key, key_id, write_key_file
 
     info = sealtensors.engine_info()
     threads = info.get("threads")

@@ -9,12 +9,14 @@ import stat
 import numpy as np
 from typing import Callable, Iterable
 
-from . import _backends, chunked, container
-from ._atomic import atomic_output, refuse_same_file
-from ._safetensors_io import READ_PIECE, header_for, read_header, tensor_pieces, write_unpadded
+from .engine import backends as _backends
+from .crypto import chunked
+from .format import container
+from .io.atomic import atomic_output, refuse_same_file
+from .format.safetensors_io import READ_PIECE, header_for, read_header, tensor_pieces, write_unpadded
 from .errors import InvalidKeyError
-from .index import TensorInfo, align_up, layout
-from .keys import KEY_ID_SIZE, as_key, as_keys, key_id
+from .format.index import TensorInfo, align_up, layout
+from .keys.keyfile import KEY_ID_SIZE, as_key, as_keys, key_id
 from .numpy import tensor_view
 from .reader import SealedReader
 from .writer import write_sealed

@@ -149,7 +149,7 @@ def _safetensors_data_size(path: str) -> int:
 
 
 def _key_id_hex(key: bytes) -> str:
-    from .keys import key_id
+    from .keys.keyfile import key_id
 
     return key_id(key).hex()
 
@@ -158,13 +158,13 @@ def _key_id_hex(key: bytes) -> str:
 
 
 def cmd_keygen(args) -> int:
-    from .keys import write_key_file
+    from .keys.keyfile import write_key_file
 
     path = args.path
     try:
         key = write_key_file(path, overwrite=args.force)
     except FileExistsError:
-        from ._atomic import DestinationExistsError
+        from .io.atomic import DestinationExistsError
 
         raise DestinationExistsError(f"{path!r} exists (pass --force to replace it)") from None
     _out(f"wrote key file {path} (mode 0600)")
@@ -173,7 +173,7 @@ def cmd_keygen(args) -> int:
 
 
 def _read_keys(paths: Sequence[str]) -> list[bytes]:
-    from .keys import read_key_file
+    from .keys.keyfile import read_key_file
 
     return [read_key_file(path) for path in paths]
 
@@ -296,7 +296,7 @@ def cmd_info(args) -> int:
     info = engine_info()
     providers = None
     try:
-        from ._cengine import available_providers
+        from .engine.cengine import available_providers
     except ImportError as exc:
         c_engine = f"unavailable ({exc})"
     else:
@@ -442,7 +442,7 @@ def _one_line(text: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    from ._atomic import DestinationExistsError
+    from .io.atomic import DestinationExistsError
 
     if isinstance(exc, DestinationExistsError):
         return str(exc).replace("pass overwrite=True", "pass --force")
@@ -469,7 +469,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, label) for an exception raised by a subcommand."""
-    from ._atomic import DestinationExistsError
+    from .io.atomic import DestinationExistsError
     from .errors import (BackendError, FormatError, IntegrityError, InvalidKeyError, SealError,
                          WrongKeyError)
 

@@ -13,10 +13,10 @@ from typing import Mapping
 
 import numpy as np
 
-from . import _memory
-from ._atomic import atomic_output
-from .dtypes import name_of_numpy, numpy_dtype
-from .index import TensorIndex, TensorInfo, layout
+from .engine import memory as _memory
+from .io.atomic import atomic_output
+from .format.dtypes import name_of_numpy, numpy_dtype
+from .format.index import TensorIndex, TensorInfo, layout
 from .reader import SealedReader
 from .writer import write_sealed
 

@@ -15,10 +15,12 @@ from typing import Iterable
 
 import numpy as np
 
-from . import _memory, chunked, container
+from .engine import memory as _memory
+from .crypto import chunked
+from .format import container
 from .errors import FormatError, IntegrityError
-from .index import TensorIndex, TensorInfo, parse as parse_index
-from .keys import as_keys
+from .format.index import TensorIndex, TensorInfo, parse as parse_index
+from .keys.keyfile import as_keys
 
 
 class _Source:

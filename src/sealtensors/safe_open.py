@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from ._slicing import plan_rows
-from .dtypes import numpy_dtype
-from .index import TensorInfo
+from .format.dtypes import numpy_dtype
+from .format.index import TensorInfo
 from .reader import SealedReader, check_tensor_bytes
 
 _FRAMEWORKS = {"np": "np", "numpy": "np", "pt": "pt", "torch": "pt", "pytorch": "pt"}

@@ -14,9 +14,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from . import _memory
-from ._atomic import atomic_output
-from .index import TensorIndex, layout
+from .engine import memory as _memory
+from .io.atomic import atomic_output
+from .format.index import TensorIndex, layout
 from .reader import SealedReader
 from .writer import write_sealed
 
@@ -145,8 +145,8 @@ def _views(buffer, reader: SealedReader) -> dict[str, torch.Tensor]:
 
 def _load_to_cuda(reader: SealedReader, device: torch.device, staging_slots: int,
                   staging_bytes: int) -> dict[str, torch.Tensor]:
-    from ._staging import upload
-    from ._torch_cuda import TorchCudaDevice
+    from .engine.staging import upload
+    from .engine.torch_cuda import TorchCudaDevice
 
     destination = upload(reader.read_chunks_into, reader.data_length, TorchCudaDevice(device),
                          slots=staging_slots, slot_bytes=staging_bytes)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 from typing import BinaryIO, Callable, Iterable
 
-from . import _backends, chunked, container
-from ._engine_api import span_ciphertext_length
-from .index import TensorIndex, serialize
-from .keys import as_keys
+from .engine import backends as _backends
+from .crypto import chunked
+from .format import container
+from .engine.spec import span_ciphertext_length
+from .format.index import TensorIndex, serialize
+from .keys.keyfile import as_keys
 
 # Plaintext encrypted per engine call: a whole number of chunks, large enough for the C engine's
 # threads to share, small enough to keep sealing memory flat.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .errors import BackendError
+from ..errors import BackendError
 
 VALID_CHOICES = ("auto", "c", "python")
 
@@ -19,13 +19,13 @@ _current = None
 
 
 def _load_c_engine(provider: str | None = None):
-    from ._cengine import CEngine  # noqa: PLC0415 - optional compiled module
+    from .cengine import CEngine  # noqa: PLC0415 - optional compiled module
 
     return CEngine(provider)
 
 
 def _load(choice: str, provider: str | None = None):
-    from ._pyengine import PythonEngine
+    from .pyengine import PythonEngine
 
     if choice == "python":
         return PythonEngine()

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from . import _strict_json as strict_json
+from . import strict_json
 from .dtypes import item_size
-from .errors import FormatError
+from ..errors import FormatError
 
 ALIGNMENT = 64
 MAX_INDEX_BYTES = 100 * 1024 * 1024

@@ -9,8 +9,8 @@ import os
 
 from Crypto.Cipher import AES
 
-from ._engine_api import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, TAG_SIZE, chunk_nonce, validate_span
-from .errors import IntegrityError
+from .spec import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, TAG_SIZE, chunk_nonce, validate_span
+from ..errors import IntegrityError
 
 
 def _writable_bytes(buffer) -> memoryview:

@@ -24,11 +24,11 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 
-from . import chunked
-from ._hkdf import hkdf_expand
-from .errors import CommitmentError, FormatError, IntegrityError, UnsupportedFormatError, WrongKeyError
+from ..crypto import chunked
+from ..crypto.hkdf import hkdf_expand
+from ..errors import CommitmentError, FormatError, IntegrityError, UnsupportedFormatError, WrongKeyError
 from .index import MAX_INDEX_BYTES
-from .keys import KEY_ID_SIZE, KEY_SIZE, key_id
+from ..keys.keyfile import KEY_ID_SIZE, KEY_SIZE, key_id
 
 MAGIC = b"SEALTENS"
 FORMAT_VERSION = 1

@@ -2,7 +2,7 @@
 
 The pipeline is device-neutral: a :class:`Device` supplies the staging buffers (pinned host memory
 for a GPU), the destination, asynchronous copies and completion events. CPU tests drive it with a
-fake device; :mod:`sealtensors._torch_cuda` drives it with CUDA streams.
+fake device; :mod:`sealtensors.engine.torch_cuda` drives it with CUDA streams.
 
 Rules the ring enforces:
 - a span is copied to the device only after the engine authenticated every chunk in it (the engine
@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from . import chunked
+from ..crypto import chunked
 
 DEFAULT_SLOTS = 4
 DEFAULT_SLOT_BYTES = 16 * 1024 * 1024

@@ -12,9 +12,9 @@ import os
 import struct
 from typing import BinaryIO, Iterator
 
-from . import _strict_json as strict_json
+from . import strict_json
 from .dtypes import item_size
-from .errors import FormatError
+from ..errors import FormatError
 from .index import MAX_INDEX_BYTES, TensorIndex, tensor_nbytes
 
 READ_PIECE = 16 * 1024 * 1024

@@ -8,7 +8,7 @@ per-message AES key, base nonce and key commitment come from
 
 Whole-message calls (:func:`encrypt`, :func:`decrypt`) and the random-access pieces a file reader
 needs (:func:`open_message`, :func:`decrypt_chunk_range_into`) live here. The AES-GCM work itself is
-done by the engine :mod:`sealtensors._backends` selects (C or pure Python).
+done by the engine :mod:`sealtensors.engine.backends` selects (C or pure Python).
 
 Errors: a key that is not 32 bytes raises :class:`~sealtensors.errors.InvalidKeyError`; a wrong key,
 wrong context or altered salt/commitment raises :class:`~sealtensors.errors.CommitmentError` before any
@@ -22,8 +22,8 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
-from . import _backends
-from ._engine_api import (
+from ..engine import backends as _backends
+from ..engine.spec import (
     CHUNK_SIZE,
     ENCRYPTED_CHUNK_SIZE,
     KEY_SIZE,
@@ -33,8 +33,8 @@ from ._engine_api import (
     span_ciphertext_length,
     span_plaintext_length,
 )
-from ._hkdf import hkdf_expand
-from .errors import CommitmentError, IntegrityError, InvalidKeyError
+from .hkdf import hkdf_expand
+from ..errors import CommitmentError, IntegrityError, InvalidKeyError
 
 AEAD_NAME = b"AEAD_AES_256_GCM"
 SALT_SIZE = 24

@@ -1,4 +1,4 @@
-"""The CUDA device for the staging ring (:mod:`sealtensors._staging`), through torch.
+"""The CUDA device for the staging ring (:mod:`sealtensors.engine.staging`), through torch.
 
 Staging slots are pinned host tensors (handed to the engine as numpy views); copies run on a
 dedicated stream with ``non_blocking=True`` from the pinned tensor itself, so torch always sees

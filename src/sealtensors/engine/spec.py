@@ -87,7 +87,7 @@ def validate_span(aead_key: bytes, base_nonce: bytes, first_chunk: int, src_leng
     For decryption an impossible ciphertext length is an authentication failure (the message was
     truncated or extended), reported at the chunk where the ragged end sits.
     """
-    from .errors import IntegrityError
+    from ..errors import IntegrityError
 
     if len(aead_key) != KEY_SIZE:
         raise ValueError(f"AES-256-GCM key must be {KEY_SIZE} bytes")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from .errors import FormatError
+from ..errors import FormatError
 
 
 def loads(raw: bytes, what: str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 # safetensors name -> (numpy dtype, item size in bytes)
 _NUMPY_DTYPES: dict[str, np.dtype] = {

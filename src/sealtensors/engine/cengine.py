@@ -1,6 +1,6 @@
 """The C engine: AES-256-GCM over chunk spans in ``sealtensors._native`` (csrc/), with the GIL released.
 
-Arguments are checked here first with :func:`~sealtensors._engine_api.validate_span`, so messages and
+Arguments are checked here first with :func:`~sealtensors.engine.spec.validate_span`, so messages and
 exception types match the Python engine; the C code checks them again. Every C entry point returns a
 status code; this module turns it into the exception the Python engine would raise:
 
@@ -9,9 +9,9 @@ status code; this module turns it into the exception the Python engine would rai
 - bad argument -> ``ValueError``; read failure -> ``OSError``; allocation failure -> ``MemoryError``;
   provider failure -> :class:`BackendError`.
 
-Single messages (:mod:`sealtensors.aead` dispatches here): :meth:`CEngine.aead_seal`,
+Single messages (:mod:`sealtensors.crypto.aead` dispatches here): :meth:`CEngine.aead_seal`,
 :meth:`CEngine.aead_open` and :meth:`CEngine.aead_open_into`, AES-256-GCM with AAD through the same
-provider, with :mod:`sealtensors.aead`'s argument checks and messages.
+provider, with :mod:`sealtensors.crypto.aead`'s argument checks and messages.
 
 AES provider: ``CEngine(provider=...)`` or ``SEALTENSORS_AES=auto|ipsecmb|openssl`` (default
 ``auto``: intel-ipsec-mb when it was compiled in and this CPU can run it, else OpenSSL).
@@ -26,8 +26,8 @@ import errno as _errno
 import os
 import re
 
-from . import _version
-from ._engine_api import (
+from .. import _version
+from .spec import (
     CHUNK_SIZE,
     KEY_SIZE,
     MAX_CHUNKS,
@@ -35,11 +35,11 @@ from ._engine_api import (
     TAG_SIZE,
     validate_span,
 )
-from .aead import _check as _aead_check
-from .errors import BackendError, IntegrityError
+from ..crypto.aead import _check as _aead_check
+from ..errors import BackendError, IntegrityError
 
 try:
-    from ._native import ffi, lib
+    from .._native import ffi, lib
 except ImportError as exc:  # not built: the auto backend falls back to Python
     raise ImportError(f"sealtensors C engine not built: {exc}") from exc
 
@@ -270,7 +270,7 @@ class CEngine:
         if rc != lib.ST_OK:
             self._raise(status, fd_read=True)
 
-    # -- single messages (sealtensors.aead) ---------------------------------------------------
+    # -- single messages (sealtensors.crypto.aead) ---------------------------------------------------
 
     def aead_seal(self, key, nonce, plaintext, aad=b"") -> bytes:
         """AES-256-GCM-encrypt ``plaintext`` under ``key`` (32 bytes) and ``nonce`` (12 bytes),
@@ -325,7 +325,7 @@ class CEngine:
             self._raise(status)
 
     def aead_open(self, key, nonce, ciphertext_and_tag, aad=b"") -> bytes:
-        """Verify and decrypt ``ciphertext || tag`` (see :func:`sealtensors.aead.open`); returns
+        """Verify and decrypt ``ciphertext || tag`` (see :func:`sealtensors.crypto.aead.open`); returns
         the plaintext. IntegrityError when the tag does not verify; no plaintext escapes."""
         key, nonce, aad = _aead_check(key, nonce, aad)
         view = _message(ciphertext_and_tag, "ciphertext_and_tag")

@@ -13,7 +13,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from .errors import SealError
+from ..errors import SealError
 
 
 class DestinationExistsError(SealError, FileExistsError):

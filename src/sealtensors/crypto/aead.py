@@ -6,7 +6,7 @@ Anything else is refused up front (:class:`~sealtensors.errors.InvalidKeyError` 
 
 A ciphertext is ``ciphertext || tag`` (the tag is the last 16 bytes). :func:`open` returns plaintext
 only after the tag has been verified; any failure, including input shorter than a tag, raises
-:class:`~sealtensors.errors.IntegrityError`. The engine selected by :mod:`sealtensors._backends` does
+:class:`~sealtensors.errors.IntegrityError`. The engine selected by :mod:`sealtensors.engine.backends` does
 the work when it offers single-message calls (the C engine); otherwise pycryptodome does. Thread safe:
 nothing is shared between calls.
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from Crypto.Cipher import AES
 
-from . import _backends
-from ._engine_api import KEY_SIZE, NONCE_SIZE, TAG_SIZE
-from .errors import IntegrityError, InvalidKeyError
+from ..engine import backends as _backends
+from ..engine.spec import KEY_SIZE, NONCE_SIZE, TAG_SIZE
+from ..errors import IntegrityError, InvalidKeyError
 
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "seal", "open"]
 

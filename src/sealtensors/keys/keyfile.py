@@ -13,8 +13,8 @@ import secrets
 from pathlib import Path
 from typing import Iterable, Union
 
-from ._hkdf import hkdf_expand
-from .errors import InvalidKeyError
+from ..crypto.hkdf import hkdf_expand
+from ..errors import InvalidKeyError
 
 KEY_SIZE = 32
 KEY_ID_SIZE = 16
@@ -100,7 +100,7 @@ def format_key(key: bytes) -> str:
 def write_key_file(path: str | os.PathLike, key: bytes | None = None, *, overwrite: bool = False) -> bytes:
     """Write ``key`` (a fresh one if None) to ``path`` with mode 0600; refuses to replace a file
     unless ``overwrite``. Returns the key."""
-    from ._atomic import atomic_output
+    from ..io.atomic import atomic_output
 
     key = generate_key() if key is None else as_key(key)
     # A fresh file renamed into place: a replaced key file never keeps looser permissions, and a

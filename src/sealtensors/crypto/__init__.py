@@ -1,0 +1,1 @@
+"""Cryptographic building blocks: HKDF, single AES-256-GCM messages, C2SP chunked encryption."""
