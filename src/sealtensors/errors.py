@@ -40,8 +40,21 @@ class CommitmentError(IntegrityError):
     """
 
 
+class SignatureError(IntegrityError):
+    """The file is not signed by an accepted publisher, or its content does not match what the
+    publisher signed (a data chunk, the index, the file id), or it is older than a pinned
+    generation. Raised only when the caller asked for a signer or a pin.
+    """
+
+
 class WrongKeyError(SealError, ValueError):
     """None of the given keys can open the file (no key slot belongs to them)."""
+
+
+class KeyProviderError(SealError, RuntimeError):
+    """A key provider (KMS, HSM, TPM, plug-in) could not wrap or unwrap a data key: access
+    denied, key disabled, token absent, policy (PCR) mismatch, network failure. The message is one
+    line naming the provider and the cause; it never contains key material."""
 
 
 class InvalidKeyError(SealError, ValueError):
@@ -58,7 +71,9 @@ __all__ = [
     "UnsupportedFormatError",
     "IntegrityError",
     "CommitmentError",
+    "SignatureError",
     "WrongKeyError",
     "InvalidKeyError",
+    "KeyProviderError",
     "BackendError",
 ]
