@@ -20,7 +20,7 @@ import pytest
 
 import sealtensors
 from sealtensors import cli
-from sealtensors.keys.keyfile.keyfile import key_id, read_key_file
+from sealtensors.keys.keyfile import key_id, read_key_file
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
