@@ -238,3 +238,115 @@ def test_missing_source_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         sealtensors.unseal_file(tmp_path / "absent", tmp_path / "out", KEY)
     assert os.listdir(tmp_path) == []
+
+
+# --- permission bits and error names -------------------------------------------------------------
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (``umask(0o027)``), restoring it afterwards."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+
+    def set_mask(mask: int) -> None:
+        os.umask(mask)
+
+    yield set_mask
+    os.umask(saved)
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask", [0o027, 0o002, 0o077])
+@pytest.mark.parametrize("name", ["numpy.save_file", "seal_file"])
+def test_sealed_outputs_follow_the_umask(name, mask, tmp_path, umask):
+    write = writers(tmp_path)[name]
+    umask(mask)
+    write(tmp_path / "out")
+    assert _mode(tmp_path / "out") == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022])
+def test_plaintext_outputs_and_key_files_stay_0600_whatever_the_umask(mask, tmp_path, umask):
+    write = writers(tmp_path)["unseal_file"]
+    umask(mask)
+    write(tmp_path / "plain.safetensors")
+    sealtensors.write_key_file(tmp_path / "k.key")
+    assert _mode(tmp_path / "plain.safetensors") == 0o600
+    assert _mode(tmp_path / "k.key") == 0o600
+
+
+def test_current_umask_reads_the_umask_without_proc(umask, monkeypatch):
+    from sealtensors.io import atomic
+
+    umask(0o037)
+    assert atomic.current_umask() == 0o037
+
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/self/status")
+
+    monkeypatch.setattr(atomic, "open", no_proc, raising=False)
+    assert atomic.current_umask() == 0o037
+    assert os.umask(0o037) == 0o037, "the fallback restores the umask"
+    assert atomic.new_file_mode() == 0o640
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_missing_output_directory_is_reported_with_the_callers_path(name, tmp_path):
+    write = writers(tmp_path)[name]
+    destination = tmp_path / "no-such-dir" / "out.sealed"
+    with pytest.raises(FileNotFoundError) as caught:
+        write(destination)
+    assert caught.value.filename == str(destination)
+    assert ".tmp" not in str(caught.value)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_directory_as_destination_is_an_error_naming_it(tmp_path, overwrite):
+    directory = tmp_path / "a-dir"
+    directory.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        snp.save_file(ARRAYS, directory, KEY, overwrite=overwrite)
+    assert caught.value.filename == str(directory)
+    assert directory.is_dir() and os.listdir(directory) == []
+
+
+def test_failures_creating_or_publishing_the_temporary_name_the_destination(tmp_path, monkeypatch):
+    from sealtensors.io import atomic
+
+    destination = tmp_path / "out.sealed"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / ".out.sealed.x1.tmp"))
+
+    monkeypatch.setattr(atomic, "_publish_unnamed", read_only)
+    monkeypatch.setattr(atomic, "_publish_named", read_only)
+    with pytest.raises(OSError) as caught:
+        snp.save_file(ARRAYS, destination, KEY)
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(destination)
+
+    monkeypatch.setattr(atomic, "_open_unnamed", lambda directory: None)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as caught:
+        snp.save_file(ARRAYS, destination, KEY)
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(destination)
+    assert not destination.exists() and temporaries(tmp_path) == []
+
+
+def test_nameless_write_errors_name_the_destination_and_others_pass_unchanged(tmp_path):
+    from sealtensors.io.atomic import atomic_output
+
+    destination = tmp_path / "out"
+    with pytest.raises(OSError) as caught:
+        with atomic_output(destination):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(destination)
+    source_error = OSError(errno.EIO, os.strerror(errno.EIO))
+    with pytest.raises(OSError) as caught:
+        with atomic_output(destination):
+            raise source_error
+    assert caught.value is source_error
+    assert not destination.exists() and temporaries(tmp_path) == []

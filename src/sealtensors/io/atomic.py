@@ -2,6 +2,9 @@
 
 A failure at any point leaves the destination as it was (absent or untouched) and removes the
 temporary file. Without ``overwrite`` an existing destination is never replaced, not even by a race.
+Errors name the destination the caller gave, never the temporary file's internal name, and a new
+file's permission bits follow the umask as ``open(2)`` would (0o666 & ~umask) unless the caller asks
+for a mode (plaintext and key files: 0o600).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import errno
 import os
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 
 from ..errors import SealError
@@ -33,6 +37,81 @@ def refuse_same_file(destination: str | os.PathLike, *inputs: str | os.PathLike)
 
 def _exists_error(destination: Path) -> DestinationExistsError:
     return DestinationExistsError(f"{str(destination)!r} exists (pass overwrite=True to replace it)")
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask. Read from /proc where possible: ``os.umask`` can only be read by setting
+    it, and another thread creating a file in between would get the temporary value."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        # The temporary value is the strict one, so a racing thread errs on the private side.
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open(path, O_CREAT, 0o666)`` would give a new file now."""
+    return 0o666 & ~current_umask()
+
+
+# Errors only a write can cause: an OSError with one of these and no file name, raised while the
+# caller writes the output, is about the destination (a read of the source never reports them).
+_WRITE_ERRNOS = frozenset(
+    code for code in (getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG"))
+    if code is not None)
+
+
+def _renamed(exc: OSError, destination: str | os.PathLike) -> OSError:
+    """``exc`` again, but naming ``destination`` (the caller's path) instead of a temporary file."""
+    renamed = OSError(exc.errno, exc.strerror or str(exc), os.fspath(destination))
+    renamed.__cause__ = exc
+    return renamed
+
+
+@contextlib.contextmanager
+def _naming(destination: str | os.PathLike):
+    """Re-raise OSErrors of the enclosed file operations as errors about ``destination``."""
+    try:
+        yield
+    except DestinationExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise _renamed(exc, destination) from exc
+
+
+def check_destination(destination: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Fail early, naming ``destination``, where writing it is bound to fail: it exists (without
+    ``overwrite``), it is a directory, or its directory is missing, not a directory or not writable.
+
+    Cheap, so callers can run it before hours of work; :func:`atomic_output` runs it too, and still
+    refuses at the end a destination that appeared meanwhile."""
+    text = os.fspath(destination)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.endswith(("/", os.sep)) or os.path.isdir(text):
+        # Path() would drop a trailing slash and write a file where the caller named a directory.
+        raise IsADirectoryError(errno.EISDIR, "the output path names a directory", text)
+    if os.path.lexists(text) and not overwrite:
+        raise _exists_error(Path(text))
+    directory = os.path.dirname(text) or "."
+    if not os.path.exists(directory):
+        raise FileNotFoundError(errno.ENOENT, f"its directory {directory!r} does not exist", text)
+    if not os.path.isdir(directory):
+        raise NotADirectoryError(errno.ENOTDIR, f"{directory!r} is not a directory", text)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"its directory {directory!r} is not writable", text)
 
 
 def _open_unnamed(directory: Path) -> int | None:
@@ -82,46 +161,65 @@ def _publish_unnamed(fd: int, directory: Path, destination: Path, overwrite: boo
 
 
 @contextlib.contextmanager
-def atomic_output(destination: str | os.PathLike, *, overwrite: bool = False, mode: int = 0o644):
+def atomic_output(destination: str | os.PathLike, *, overwrite: bool = False,
+                  mode: int | None = None):
     """Yield a binary file object; on clean exit it becomes ``destination`` atomically, with
-    permission bits ``mode`` (plaintext outputs should pass 0o600)."""
-    text = os.fspath(destination)
-    if isinstance(text, str) and text.endswith(("/", os.sep)):
-        # Path() would drop the slash and write a file where the caller named a directory.
-        raise IsADirectoryError(errno.EISDIR, "output path names a directory", text)
+    permission bits ``mode`` (None: 0o666 & ~umask, as for any new file; plaintext outputs and key
+    files should pass 0o600). OSErrors name ``destination``."""
+    check_destination(destination, overwrite=overwrite)
+    if mode is None:
+        mode = new_file_mode()
+    user_path = destination
     destination = Path(destination)
-    if not overwrite and destination.exists():
-        raise _exists_error(destination)
     directory = destination.parent if str(destination.parent) else Path(".")
     fd = _open_unnamed(directory)
     if fd is not None:
         with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), mode)
-            try:
-                _publish_unnamed(handle.fileno(), directory, destination, overwrite)
-            except OSError as exc:
-                if isinstance(exc, DestinationExistsError) or not _proc_unavailable(exc):
-                    raise
-                # /proc is not mounted: fall back to copying into a named temporary file.
+            with _naming_write_errors(user_path):
+                yield handle
+            with _naming(user_path):
                 handle.flush()
-                _publish_by_copy(handle.fileno(), directory, destination, overwrite, mode)
+                os.fsync(handle.fileno())
+                os.fchmod(handle.fileno(), mode)
+                try:
+                    _publish_unnamed(handle.fileno(), directory, destination, overwrite)
+                except OSError as exc:
+                    if isinstance(exc, DestinationExistsError) or not _proc_unavailable(exc):
+                        raise
+                    # /proc is not mounted: fall back to copying into a named temporary file.
+                    handle.flush()
+                    _publish_by_copy(handle.fileno(), directory, destination, overwrite, mode)
         _fsync_directory(directory)
         return
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{destination.name}.", suffix=".tmp")
+    with _naming(user_path):
+        fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{destination.name}.",
+                                         suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, mode)
-        _publish_named(temp_name, destination, overwrite)
+            with _naming_write_errors(user_path):
+                yield handle
+            with _naming(user_path):
+                handle.flush()
+                os.fsync(handle.fileno())
+        with _naming(user_path):
+            os.chmod(temp_name, mode)
+            _publish_named(temp_name, destination, overwrite)
         _fsync_directory(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+        raise
+
+
+@contextlib.contextmanager
+def _naming_write_errors(destination: str | os.PathLike):
+    """While the caller writes: a nameless disk-full (or quota, or file-size) error is about the
+    destination. Other errors pass unchanged: they may come from reading the caller's source."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in _WRITE_ERRNOS:
+            raise _renamed(exc, destination) from exc
         raise
 
 
