@@ -104,14 +104,26 @@ def _summary(exc: BaseException) -> tuple[type, int | None]:
     return type(cause), getattr(cause, "chunk_index", None)
 
 
+KEPT_FILES = ("sealtensors-demo.safetensors", "sealtensors-demo.sealed", "sealtensors-demo.key")
+
+
 def run_demo(size_mib: float = 64.0, directory: str | os.PathLike | None = None,
-             out: Callable[[str], None] = print) -> int:
+             out: Callable[[str], None] = print, *, overwrite: bool = False) -> int:
     """Run the demo in ``directory`` (kept) or a temporary directory (removed); returns 0 on
-    success."""
+    success. Files a previous run left in ``directory`` (a key among them) are replaced only with
+    ``overwrite``; otherwise DestinationExistsError, before anything is written."""
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="sealtensors-demo-") as temp:
             return _run(Path(temp), size_mib, out, keep=False)
     path = Path(directory)
+    if not overwrite:
+        existing = [str(path / name) for name in KEPT_FILES if os.path.lexists(path / name)]
+        if existing:
+            from .io.atomic import DestinationExistsError
+
+            names = ", ".join(repr(name) for name in existing)
+            raise DestinationExistsError(f"{names} left by an earlier demo run "
+                                         "(pass overwrite=True to replace them)")
     path.mkdir(parents=True, exist_ok=True)
     return _run(path, size_mib, out, keep=True)
 
@@ -134,9 +146,7 @@ def _run(workdir: Path, size_mib: float, out: Callable[[str], None], keep: bool)
     out(f"  model       {LAYERS} layers, d_model {metadata['d_model']}: {len(tensors)} tensors "
         f"({', '.join(dtypes)}), {_mib(nbytes)}")
 
-    plain = workdir / "sealtensors-demo.safetensors"
-    sealed = workdir / "sealtensors-demo.sealed"
-    key_path = workdir / "sealtensors-demo.key"
+    plain, sealed, key_path = (workdir / name for name in KEPT_FILES)
     # The plain .safetensors file is written by sealtensors itself (seal with a throwaway key, then
     # unseal), so the demo needs no other package.
     scratch = workdir / "sealtensors-demo.scratch"

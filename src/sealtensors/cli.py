@@ -1,20 +1,29 @@
-"""The ``sealtensors`` command: keygen, seal, unseal, inspect, verify, rewrap, info, demo.
+"""The ``sealtensors`` command: keygen, seal, unseal, inspect, verify, rewrap, info, demo, help.
 
 ``main(argv)`` returns the process exit status instead of raising: every failure becomes one line on
-stderr (``sealtensors: error: ...``) and one of the documented exit codes below, never a traceback
-(set ``SEALTENSORS_DEBUG=1`` to get the traceback as well). Key material is never printed: keys are
-named by their public key id only.
+stderr (``sealtensors: error: <kind>: <message>``) and one of the documented exit codes below, never a
+traceback (set ``SEALTENSORS_DEBUG=1`` to get the traceback as well). With ``--json`` every command
+prints exactly one JSON document on stdout instead: its result, or ``{"error": {...}}`` with the same
+exit code. Key material is never printed: keys are named by their public key id only. Everything
+printed for people passes through :func:`printable`, so a file name, tensor name or metadata value
+cannot carry terminal escape sequences to the screen.
+
+Adding a subcommand: write ``cmd_<name>(args) -> Result`` and an ``_args_<name>(parser)`` that adds its
+arguments (the ``add_*_option`` helpers hold the shared ones), and list both in ``COMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect as _inspect
 import json
 import os
+import re
 import sys
 import time
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, NamedTuple, Sequence
 
 EXIT_OK = 0
 EXIT_INTEGRITY = 1
@@ -26,6 +35,11 @@ EXIT_INVALID_KEY = 6
 EXIT_BACKEND = 7
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+
+# When one run has several failures (``verify A B C``), the exit status is the most severe one, in
+# this order: a bug first, then evidence of tampering, then a bad file, then everything else.
+EXIT_SEVERITY = (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_INTEGRITY, EXIT_FORMAT, EXIT_WRONG_KEY,
+                 EXIT_INVALID_KEY, EXIT_BACKEND, EXIT_IO, EXIT_USAGE, EXIT_OK)
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -39,11 +53,53 @@ exit codes:
   7    backend error (SEALTENSORS_BACKEND / SEALTENSORS_AES names an unavailable engine)
   70   internal error (a bug: please report it; SEALTENSORS_DEBUG=1 shows the traceback)
   130  interrupted (Ctrl-C)
+  `verify A B ...` exits with the most severe status of its files, in the order
+  70, 1, 4, 3, 6, 7, 5 (an integrity failure outranks a missing file).
+"""
 
+ENVIRONMENT_HELP = """\
 environment:
   SEALTENSORS_BACKEND=auto|c|python   SEALTENSORS_AES=auto|ipsecmb|openssl
   SEALTENSORS_THREADS=N               SEALTENSORS_DEBUG=1 (tracebacks on errors)
 """
+
+JSON_HELP = """\
+--json (every command):
+  stdout carries exactly one JSON document and nothing else: the command's result, or on failure
+  {"error": {"type": "<exception class>", "kind": "<kind of failure>", "message": "...",
+             "exit_code": N}}
+  (plus "chunk_index" for integrity failures inside a chunk). The exit code is the same as
+  without --json. stderr carries only warnings and, on a terminal, progress bars.
+  `verify --json A B` prints {"ok": ..., "exit_code": N, "files": [{"path": ..., "ok": ...}, ...]}
+  with an "error" object in each failed file's entry.
+"""
+
+HELP_TOPICS = {"exit-codes": EXIT_CODES_HELP, "environment": ENVIRONMENT_HELP, "json": JSON_HELP}
+
+SUBCOMMAND_EPILOG = ("exit codes: `sealtensors help exit-codes`; JSON output: "
+                     "`sealtensors help json`")
+
+
+# --- terminal safety ------------------------------------------------------------------------------
+
+# C0 and C1 controls, DEL, the bidirectional overrides/isolates/marks (they reorder what a reader
+# sees), the line and paragraph separators, and lone surrogates (undecodable bytes of a file name,
+# which would also make a UTF-8 stdout raise).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069\ud800-\udfff]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to show on a terminal: control characters, bidi overrides and undecodable
+    bytes become visible escapes (``\\x1b``, ``\\u202e``). Printable text is left as it is."""
+    return _UNSAFE.sub(_escape, str(text))
 
 
 # --- output helpers -------------------------------------------------------------------------------
@@ -60,7 +116,27 @@ def human_size(nbytes: float) -> str:
 
 
 def _out(text: str = "") -> None:
-    print(text, file=sys.stdout)
+    """One line for people on stdout (escaped here too, whatever the caller did)."""
+    print(printable(text), file=sys.stdout)
+
+
+def _out_json(document) -> None:
+    print(json.dumps(document, indent=2), file=sys.stdout)
+
+
+def _stderr_line(text: str) -> None:
+    sys.stderr.write(printable(text) + "\n")
+    sys.stderr.flush()
+
+
+class Result(NamedTuple):
+    """What a subcommand produced: ``data`` for ``--json``, ``lines`` for people (stdout),
+    ``errors`` (stderr lines, without the ``sealtensors: error:`` prefix) and the exit status."""
+
+    data: dict
+    lines: Sequence[str]
+    code: int = EXIT_OK
+    errors: Sequence[str] = ()
 
 
 class _TinyBar:
@@ -148,146 +224,222 @@ def _safetensors_data_size(path: str) -> int:
         return 0
 
 
+# --- checks made before any work ------------------------------------------------------------------
+
+
+def _peek(path: str, count: int = 9) -> tuple[bytes, int]:
+    """The first ``count`` bytes of ``path`` and its size; errors name ``path``."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    with open(path, "rb") as handle:
+        return handle.read(count), os.fstat(handle.fileno()).st_size
+
+
+def check_plain_source(path: str) -> None:
+    """Refuse, naming ``path``, a source that is no .safetensors file (sealed, JSON, random)."""
+    from .format.safetensors_io import check_prefix
+
+    prefix, size = _peek(path)
+    check_prefix(prefix, size, path)
+
+
+def check_sealed_source(path: str) -> None:
+    """Refuse, naming ``path``, a plain .safetensors file given where a sealed file is expected.
+    Anything else that is not a sealed file is left to the sealed format's own parser."""
+    from .errors import FormatError
+    from .format.safetensors_io import SEALED_MAGIC, check_prefix
+
+    prefix, size = _peek(path)
+    if prefix.startswith(SEALED_MAGIC):
+        return
+    try:
+        check_prefix(prefix, size, path)
+    except FormatError:
+        return
+    raise FormatError(f"{path} is a plain safetensors file, not a sealed file (seal it first)")
+
+
+def check_destination(path: str, force: bool) -> None:
+    """Fail before the work, naming ``path``, when the output could not be written (it exists and
+    --force was not given, it is a directory, its directory is missing or not writable). The write
+    itself still refuses a destination that appears meanwhile."""
+    from .io.atomic import check_destination as check
+
+    check(path, overwrite=force)
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
 def _key_id_hex(key: bytes) -> str:
     from .keys.keyfile import key_id
 
     return key_id(key).hex()
 
 
+def read_keys(paths: Sequence[str]) -> list[bytes]:
+    """The keys named on the command line (``--key-file``), in order."""
+    from .keys.keyfile import read_key_file
+
+    return [read_key_file(path) for path in paths]
+
+
 # --- subcommands ----------------------------------------------------------------------------------
 
 
-def cmd_keygen(args) -> int:
+def cmd_keygen(args) -> Result:
     from .keys.keyfile import write_key_file
 
     path = args.path
+    check_destination(path, args.force)
     try:
         key = write_key_file(path, overwrite=args.force)
     except FileExistsError:
         from .io.atomic import DestinationExistsError
 
         raise DestinationExistsError(f"{path!r} exists (pass --force to replace it)") from None
-    _out(f"wrote key file {path} (mode 0600)")
-    _out(f"key id: {_key_id_hex(key)}")
-    return EXIT_OK
+    key_id = _key_id_hex(key)
+    return Result({"path": path, "key_id": key_id, "mode": "0600"},
+                  [f"wrote key file {path} (mode 0600)", f"key id: {key_id}"])
 
 
-def _read_keys(paths: Sequence[str]) -> list[bytes]:
-    from .keys.keyfile import read_key_file
-
-    return [read_key_file(path) for path in paths]
-
-
-def cmd_seal(args) -> int:
+def cmd_seal(args) -> Result:
     from .api import seal_file
 
-    keys = _read_keys(args.key_file)
+    check_plain_source(args.src)
+    check_destination(args.dst, args.force)
+    keys = read_keys(args.key_file)
     started = time.perf_counter()
     with _Progress(_safetensors_data_size(args.src), "sealing") as progress:
         seal_file(args.src, args.dst, keys, overwrite=args.force, threads=args.threads,
                   progress=progress)
     elapsed = time.perf_counter() - started
     size = os.path.getsize(args.dst)
-    ids = ", ".join(_key_id_hex(key) for key in keys)
-    _out(f"sealed {args.src} -> {args.dst} ({human_size(size)}, {elapsed:.2f} s) "
-         f"for key id(s) {ids}")
-    return EXIT_OK
+    ids = [_key_id_hex(key) for key in keys]
+    return Result({"src": args.src, "dst": args.dst, "size": size, "seconds": round(elapsed, 6),
+                   "key_ids": ids},
+                  [f"sealed {args.src} -> {args.dst} ({human_size(size)}, {elapsed:.2f} s) "
+                   f"for key id(s) {', '.join(ids)}"])
 
 
-def cmd_unseal(args) -> int:
+def cmd_unseal(args) -> Result:
     from .api import inspect, unseal_file
 
-    keys = _read_keys(args.key_file)
+    check_sealed_source(args.src)
+    check_destination(args.dst, args.force)
+    keys = read_keys(args.key_file)
     total = inspect(args.src)["data_size"] if _stderr_is_terminal() else 0
     started = time.perf_counter()
     with _Progress(total, "unsealing") as progress:
         unseal_file(args.src, args.dst, keys, overwrite=args.force, threads=args.threads,
                     progress=progress)
     elapsed = time.perf_counter() - started
-    _out(f"unsealed {args.src} -> {args.dst} ({human_size(os.path.getsize(args.dst))}, "
-         f"{elapsed:.2f} s, every byte authenticated)")
-    return EXIT_OK
+    size = os.path.getsize(args.dst)
+    return Result({"src": args.src, "dst": args.dst, "size": size, "seconds": round(elapsed, 6),
+                   "authenticated": True},
+                  [f"unsealed {args.src} -> {args.dst} ({human_size(size)}, {elapsed:.2f} s, "
+                   "every byte authenticated)"])
 
 
-def cmd_verify(args) -> int:
+def _verify_one(path: str, keys: list[bytes], threads: int) -> dict:
     from .api import inspect, verify
 
-    keys = _read_keys(args.key_file)
+    check_sealed_source(path)
     started = time.perf_counter()
-    kwargs = {"threads": args.threads}
     if "progress" in _inspect.signature(verify).parameters and _stderr_is_terminal():
-        with _Progress(inspect(args.src)["data_size"], "verifying") as progress:
-            summary = verify(args.src, keys, progress=progress, **kwargs)
+        with _Progress(inspect(path)["data_size"], "verifying") as progress:
+            summary = verify(path, keys, threads=threads, progress=progress)
     else:
-        summary = verify(args.src, keys, **kwargs)
-    elapsed = time.perf_counter() - started
-    _out(f"OK: {args.src} authenticated ({summary['tensors']} tensors, "
-         f"{human_size(summary['data_size'])} of data, {elapsed:.2f} s)")
-    return EXIT_OK
+        summary = verify(path, keys, threads=threads)
+    return {"path": path, "ok": True, "tensors": summary["tensors"],
+            "data_size": summary["data_size"],
+            "seconds": round(time.perf_counter() - started, 6)}
+
+
+def cmd_verify(args) -> Result:
+    keys = read_keys(args.key_file)
+    files, lines, errors = [], [], []
+    for path in args.src:
+        try:
+            entry = _verify_one(path, keys, args.threads)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not hide the others'
+            failure = _failure(exc, subject=path)
+            files.append({"path": path, "ok": False, "error": failure.as_json()})
+            errors.append(failure.line())
+            continue
+        files.append(entry)
+        lines.append(f"OK: {path} authenticated ({entry['tensors']} tensors, "
+                     f"{human_size(entry['data_size'])} of data, {entry['seconds']:.2f} s)")
+    code = _most_severe(entry["error"]["exit_code"] for entry in files if not entry["ok"])
+    return Result({"ok": code == EXIT_OK, "exit_code": code, "files": files}, lines, code, errors)
 
 
 def _format_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def cmd_inspect(args) -> int:
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
+def cmd_inspect(args) -> Result:
     from .api import inspect
 
-    keys = _read_keys(args.key_file) if args.key_file else None
+    check_sealed_source(args.src)
+    keys = read_keys(args.key_file) if args.key_file else None
     report = inspect(args.src, keys)
-    if args.json:
-        _out(json.dumps(report, indent=2))
-        return EXIT_OK
-    _out(f"file:        {report['path']}")
-    _out(f"size:        {report['file_size']} bytes ({human_size(report['file_size'])})")
-    _out(f"format:      version {report['format_version']}, suite {report['suite']} "
-         "(C2SP chunked AES-256-GCM)")
-    _out(f"header:      {report['header_size']} bytes")
-    _out(f"index:       {report['index_message_size']} bytes (encrypted)")
-    _out(f"data:        {report['data_size']} bytes of plaintext "
-         f"({report['data_message_size']} bytes sealed)")
-    _out(f"recipients:  {len(report['recipients'])}")
-    for rid in report["recipients"]:
-        _out(f"  key id {rid}")
+    lines = [
+        f"file:        {printable(report['path'])}",
+        f"size:        {report['file_size']} bytes ({human_size(report['file_size'])})",
+        f"format:      version {report['format_version']}, suite {report['suite']} "
+        "(C2SP chunked AES-256-GCM)",
+        f"header:      {report['header_size']} bytes",
+        f"index:       {report['index_message_size']} bytes (encrypted)",
+        f"data:        {report['data_size']} bytes of plaintext "
+        f"({report['data_message_size']} bytes sealed)",
+        f"recipients:  {len(report['recipients'])}",
+    ]
+    lines += [f"  key id {printable(rid)}" for rid in report["recipients"]]
     if "tensors" not in report:
-        _out("tensor names, dtypes, shapes and metadata are encrypted; "
-             "pass --key-file to list them")
-        return EXIT_OK
+        lines.append("tensor names, dtypes, shapes and metadata are encrypted; "
+                     "pass --key-file to list them")
+        return Result(report, lines)
     metadata = report.get("metadata") or {}
-    _out(f"metadata:    {len(metadata)} entries")
-    for name, value in metadata.items():
-        _out(f"  {name}: {value}")
+    lines.append(f"metadata:    {len(metadata)} entries")
+    lines += [f"  {printable(name)}: {printable(value)}" for name, value in metadata.items()]
     tensors = report["tensors"]
-    _out(f"tensors:     {len(tensors)}")
+    lines.append(f"tensors:     {len(tensors)}")
     if tensors:
         rows = [(t["name"], t["dtype"], _format_shape(t["shape"]),
                  human_size(t["offsets"][1] - t["offsets"][0])) for t in tensors]
-        widths = [max(len(row[i]) for row in rows + [("name", "dtype", "shape", "size")])
-                  for i in range(4)]
-        header = ("name", "dtype", "shape", "size")
-        _out("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-        for row in rows:
-            _out("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    return EXIT_OK
+        lines += _table(rows, ("name", "dtype", "shape", "size"))
+    return Result(report, lines)
 
 
-def cmd_rewrap(args) -> int:
+def cmd_rewrap(args) -> Result:
     from .api import rewrap
 
-    keys = _read_keys(args.key_file)
-    add = _read_keys(args.add)
-    if not add and not args.remove:
-        raise _UsageError("nothing to do: pass --add KEYFILE and/or --remove KEYFILE_OR_KEYID")
+    if not args.add and not args.remove:
+        raise UsageError("nothing to do: pass --add KEYFILE and/or --remove KEYFILE_OR_KEYID")
+    check_sealed_source(args.src)
+    if args.output is not None:
+        check_destination(args.output, args.force)
+    keys = read_keys(args.key_file)
+    add = read_keys(args.add)
     ids = rewrap(args.src, keys, add=add, remove=list(args.remove), dst=args.output,
                  overwrite=args.force)
     where = args.output if args.output is not None else args.src
-    _out(f"rewrapped {args.src} -> {where}: {len(ids)} recipient(s)")
-    for rid in ids:
-        _out(f"  key id {rid}")
-    return EXIT_OK
+    return Result({"src": args.src, "dst": where, "recipients": list(ids)},
+                  [f"rewrapped {args.src} -> {where}: {len(ids)} recipient(s)",
+                   *(f"  key id {rid}" for rid in ids)])
 
 
-def cmd_info(args) -> int:
+def cmd_info(args) -> Result:
     import platform
 
     from . import __version__
@@ -302,31 +454,57 @@ def cmd_info(args) -> int:
     else:
         providers = list(available_providers())
         c_engine = "available"
-    if args.json:
-        _out(json.dumps({"version": __version__, "engine": info, "c_engine": c_engine,
-                         "c_providers": providers, "python": platform.python_version()}, indent=2))
-        return EXIT_OK
-    _out(f"sealtensors {__version__} (Python {platform.python_version()})")
-    _out(f"backend:     {info.get('backend')}")
-    _out(f"provider:    {info.get('provider')}")
-    _out(f"cpu path:    {info.get('cpu_path')}")
-    _out(f"threads:     {info.get('threads')}")
-    _out(f"C engine:    {c_engine}" + (f", providers: {', '.join(providers) or 'none'}"
-                                       if providers is not None else ""))
-    return EXIT_OK
+    data = {"version": __version__, "engine": info, "c_engine": c_engine,
+            "c_providers": providers, "python": platform.python_version()}
+    return Result(data, [
+        f"sealtensors {__version__} (Python {platform.python_version()})",
+        f"backend:     {info.get('backend')}",
+        f"provider:    {info.get('provider')}",
+        f"cpu path:    {info.get('cpu_path')}",
+        f"threads:     {info.get('threads')}",
+        f"C engine:    {c_engine}" + (f", providers: {', '.join(providers) or 'none'}"
+                                      if providers is not None else ""),
+    ])
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args) -> Result:
     from ._demo import run_demo
 
-    return run_demo(size_mib=args.size_mib, directory=args.dir, out=_out)
+    collected: list[str] = []
+    # For people the demo's lines appear as they happen; for --json they are collected.
+    code = run_demo(size_mib=args.size_mib, directory=args.dir,
+                    out=collected.append if args.json else _out, overwrite=args.force)
+    return Result({"ok": code == EXIT_OK, "dir": args.dir, "output": collected}, [], code)
+
+
+def cmd_help(args) -> Result:
+    parser = build_parser()
+    topic = args.topic
+    if topic is None:
+        text = parser.format_help()
+    elif topic in HELP_TOPICS:
+        text = HELP_TOPICS[topic]
+    elif topic in parser.commands:
+        text = parser.commands[topic].format_help()
+    else:
+        choices = ", ".join([*HELP_TOPICS, *parser.commands])
+        raise UsageError(f"no help topic {topic!r} (topics and commands: {choices})")
+    return Result({"topic": topic, "text": text}, text.rstrip("\n").split("\n"))
 
 
 # --- argument parsing -----------------------------------------------------------------------------
 
 
-class _UsageError(Exception):
-    """Arguments parse but make no sense together."""
+class UsageError(Exception):
+    """Arguments do not parse, or parse but make no sense together."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error raises (reported as one line with exit status 2) instead of
+    printing the usage block and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _non_negative_int(text: str) -> int:
@@ -349,88 +527,138 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def add_key_option(p, required=True, help_text="a key file that opens the file (repeatable)"):
+    p.add_argument("--key-file", "-k", action="append", required=required, metavar="KEYFILE",
+                   help=help_text)
 
-    parser = argparse.ArgumentParser(
-        prog="sealtensors",
-        description="Seal model weights (.safetensors) into encrypted, fully authenticated files "
-                    "(C2SP chunked AES-256-GCM, one key slot per recipient).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"sealtensors {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
-    def add(name: str, help_text: str, func) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(func=func)
-        return p
+def add_threads_option(p) -> None:
+    p.add_argument("--threads", "-j", type=_non_negative_int, default=0, metavar="N",
+                   help="worker threads (0 = SEALTENSORS_THREADS or all CPUs; default 0)")
 
-    def key_option(p, required=True, help_text="a key file that opens the file (repeatable)"):
-        p.add_argument("--key-file", "-k", action="append", required=required, metavar="KEYFILE",
-                       help=help_text)
 
-    def threads_option(p):
-        p.add_argument("--threads", "-j", type=_non_negative_int, default=0, metavar="N",
-                       help="worker threads (0 = SEALTENSORS_THREADS or all CPUs; default 0)")
+def add_force_option(p, help_text="replace DST if it exists") -> None:
+    p.add_argument("--force", "-f", action="store_true", help=help_text)
 
-    p = add("keygen", "write a new random key to a key file (mode 0600); prints its key id",
-            cmd_keygen)
+
+def add_json_option(p) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document on stdout (`sealtensors help json`)")
+
+
+def _args_keygen(p) -> None:
     p.add_argument("path", metavar="PATH")
-    p.add_argument("--force", "-f", action="store_true", help="replace an existing file")
+    add_force_option(p, "replace an existing file")
 
-    p = add("seal", "seal a .safetensors file for one or more recipients", cmd_seal)
+
+def _args_seal(p) -> None:
     p.add_argument("src", metavar="SRC.safetensors")
     p.add_argument("dst", metavar="DST")
-    key_option(p, help_text="a recipient's key file (repeat for several recipients)")
-    p.add_argument("--force", "-f", action="store_true", help="replace DST if it exists")
-    threads_option(p)
+    add_key_option(p, help_text="a recipient's key file (repeat for several recipients)")
+    add_force_option(p)
+    add_threads_option(p)
 
-    p = add("unseal", "decrypt and authenticate a sealed file back into a .safetensors file",
-            cmd_unseal)
+
+def _args_unseal(p) -> None:
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST.safetensors")
-    key_option(p)
-    p.add_argument("--force", "-f", action="store_true", help="replace DST if it exists")
-    threads_option(p)
+    add_key_option(p)
+    add_force_option(p)
+    add_threads_option(p)
 
-    p = add("inspect", "show sizes and recipients (no key needed); with a key, tensors and "
-                       "metadata",
-            cmd_inspect)
-    p.add_argument("src", metavar="FILE")
-    key_option(p, required=False, help_text="a key file: also list tensors and metadata")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = add("verify", "authenticate every byte of a sealed file; writes nothing", cmd_verify)
+def _args_inspect(p) -> None:
     p.add_argument("src", metavar="FILE")
-    key_option(p)
-    threads_option(p)
+    add_key_option(p, required=False, help_text="a key file: also list tensors and metadata")
 
-    p = add("rewrap", "add or remove recipients (rewrites the header only)", cmd_rewrap)
+
+def _args_verify(p) -> None:
+    p.add_argument("src", metavar="FILE", nargs="+", help="one or more sealed files")
+    add_key_option(p)
+    add_threads_option(p)
+
+
+def _args_rewrap(p) -> None:
     p.add_argument("src", metavar="FILE")
-    key_option(p, help_text="a key file that opens FILE now")
+    add_key_option(p, help_text="a key file that opens FILE now")
     p.add_argument("--add", action="append", default=[], metavar="KEYFILE",
                    help="add this key file's key as a recipient (repeatable)")
     p.add_argument("--remove", action="append", default=[], metavar="KEYFILE_OR_KEYID",
                    help="remove a recipient, by key file or 32-hex-digit key id (repeatable)")
     p.add_argument("--output", "-o", metavar="DST",
                    help="write the result to DST instead of replacing FILE in place (atomically)")
-    p.add_argument("--force", "-f", action="store_true", help="replace DST if it exists")
+    add_force_option(p)
 
-    p = add("info", "show the engine in use (backend, AES provider, CPU path, threads) and version",
-            cmd_info)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = add("demo", "build a small transformer-like model, seal it, load it back, verify, and time "
-                    "it", cmd_demo)
+def _args_info(p) -> None:
+    pass
+
+
+def _args_demo(p) -> None:
     p.add_argument("--size-mib", type=_positive_float, default=64.0, metavar="N",
                    help="approximate model size in MiB (default 64)")
     p.add_argument("--dir", metavar="DIR",
                    help="keep the files in DIR (default: a temporary directory, removed "
                         "afterwards)")
+    add_force_option(p, "replace the demo's files already in DIR")
+
+
+def _args_help(p) -> None:
+    p.add_argument("topic", metavar="TOPIC", nargs="?",
+                   help=f"{', '.join(HELP_TOPICS)}, or a command name")
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Result]
+
+
+COMMANDS: list[Command] = [
+    Command("keygen", "write a new random key to a key file (mode 0600); prints its key id",
+            _args_keygen, cmd_keygen),
+    Command("seal", "seal a .safetensors file for one or more recipients", _args_seal, cmd_seal),
+    Command("unseal", "decrypt and authenticate a sealed file back into a .safetensors file",
+            _args_unseal, cmd_unseal),
+    Command("inspect", "show sizes and recipients (no key needed); with a key, tensors and "
+                       "metadata", _args_inspect, cmd_inspect),
+    Command("verify", "authenticate every byte of one or more sealed files; writes nothing",
+            _args_verify, cmd_verify),
+    Command("rewrap", "add or remove recipients (rewrites the header only)", _args_rewrap,
+            cmd_rewrap),
+    Command("info", "show the engine in use (backend, AES provider, CPU path, threads) and "
+                    "version", _args_info, cmd_info),
+    Command("demo", "build a small transformer-like model, seal it, load it back, verify, and "
+                    "time it", _args_demo, cmd_demo),
+    Command("help", "show help on a topic (exit-codes, json, environment) or a command",
+            _args_help, cmd_help),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; ``parser.commands`` maps each command name to its subparser."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="sealtensors",
+        description="Seal model weights (.safetensors) into encrypted, fully authenticated files "
+                    "(C2SP chunked AES-256-GCM, one key slot per recipient).",
+        epilog=EXIT_CODES_HELP + "\n" + ENVIRONMENT_HELP
+        + "\nmore: `sealtensors help json`, `sealtensors help COMMAND`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sealtensors {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    parser.commands = {}
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           epilog=SUBCOMMAND_EPILOG)
+        command.add_arguments(p)
+        add_json_option(p)
+        p.set_defaults(func=command.run)
+        parser.commands[command.name] = p
     return parser
 
 
@@ -448,9 +676,9 @@ def _describe(exc: BaseException) -> str:
         return str(exc).replace("pass overwrite=True", "pass --force")
     if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith("'"):
         where = exc.filename if exc.filename is not None else None
-        text = exc.strerror if where is None else f"{where}: {exc.strerror}"
+        text = exc.strerror if where is None else f"{os.fsdecode(where)}: {exc.strerror}"
         if exc.filename2 is not None:
-            text += f" ({exc.filename2})"
+            text += f" ({os.fsdecode(exc.filename2)})"
         return text
     return str(exc)
 
@@ -489,51 +717,129 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_INTEGRITY, "sealtensors error"
     if isinstance(exc, OSError):
         return EXIT_IO, "I/O error"
-    if isinstance(exc, (_UsageError, ValueError)):
+    if isinstance(exc, (UsageError, ValueError)):
         return EXIT_USAGE, "usage error"
     return EXIT_INTERNAL, f"internal error ({type(exc).__name__}; please report it)"
 
 
-def _error(label: str, message: str) -> None:
-    sys.stderr.write(f"sealtensors: error: {label}: {_one_line(message)}\n")
-    sys.stderr.flush()
+def _most_severe(codes) -> int:
+    codes = set(codes)
+    return next((code for code in EXIT_SEVERITY if code in codes), EXIT_OK)
+
+
+class _Failure(NamedTuple):
+    """An exception turned into what the user sees."""
+
+    code: int
+    label: str
+    type_name: str
+    message: str
+    chunk_index: int | None
+
+    def line(self) -> str:
+        return f"{self.label}: {_one_line(self.message)}"
+
+    def as_json(self) -> dict:
+        error = {"type": self.type_name, "kind": self.label, "message": self.message,
+                 "exit_code": self.code}
+        if self.chunk_index is not None:
+            error["chunk_index"] = self.chunk_index
+        return error
+
+
+def _failure(exc: BaseException, subject: str | None = None,
+             context: Sequence[str] = ()) -> _Failure:
+    """``exc`` as shown to the user. ``subject``: the input file the command works on, named in
+    messages about its content that do not name it; ``context``: the paths the command was given,
+    named after an OS error that names no file."""
+    from .errors import FormatError, IntegrityError, WrongKeyError
+
+    cause = _root_cause(exc)
+    code, label = classify(cause)
+    message = _describe(cause)
+    chunk = getattr(cause, "chunk_index", None) if isinstance(cause, IntegrityError) else None
+    if chunk is not None and f"chunk {chunk}" not in message:
+        message += f" (chunk {chunk})"
+    if (subject is not None and isinstance(cause, (FormatError, IntegrityError, WrongKeyError))
+            and subject not in message):
+        message = f"{subject}: {message}"
+    if (isinstance(cause, OSError) and cause.filename is None and context
+            and not any(path in message for path in context)):
+        message += f" ({' -> '.join(context)})"
+    return _Failure(code, label, type(cause).__name__, message, chunk)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _stderr_line(f"sealtensors: warning: {_one_line(str(message))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        # One line on stderr per warning, not the file:line form meant for programmers.
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
+    as_json = "--json" in argv
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except UsageError as exc:
+        return _report(exc, as_json)
     try:
-        return args.func(args)
+        result = args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("\nsealtensors: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # stdout went away (e.g. piped into `head`): nothing useful left to say.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - avoid a second error at exit
-        except OSError:
-            pass
-        return EXIT_IO
+        return _stdout_gone()
     except Exception as exc:  # noqa: BLE001 - the whole point: no tracebacks, documented codes
         # Reported from another function so that no local of this frame (which is in the
         # traceback) keeps the exception alive: the traceback is freed by reference counting here,
         # not left in a reference cycle for the garbage collector.
-        return _report(exc)
+        return _report(exc, as_json, args)
+    try:
+        if args.json:
+            _out_json(result.data)
+        else:
+            for line in result.lines:
+                _out(line)
+            for error in result.errors:
+                _stderr_line(f"sealtensors: error: {error}")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_gone()
+    return result.code
 
 
-def _report(exc: BaseException) -> int:
-    cause = _root_cause(exc)
-    code, label = classify(cause)
-    _error(label, _describe(cause))
+def _stdout_gone() -> int:
+    # stdout went away (e.g. piped into `head`): nothing useful left to say.
+    try:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - avoid a second error at exit
+    except OSError:
+        pass
+    return EXIT_IO
+
+
+def _report(exc: BaseException, as_json: bool, args: argparse.Namespace | None = None) -> int:
+    src = getattr(args, "src", None)
+    subject = src if isinstance(src, str) else None
+    context = [path for path in (subject, getattr(args, "dst", None), getattr(args, "output", None))
+               if isinstance(path, str)]
+    failure = _failure(exc, subject, context)
+    if as_json:
+        _out_json({"error": failure.as_json()})
+    else:
+        _stderr_line(f"sealtensors: error: {failure.line()}")
     if os.environ.get("SEALTENSORS_DEBUG", "").strip() == "1":
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    return code
+    return failure.code
 
 
 if __name__ == "__main__":  # pragma: no cover

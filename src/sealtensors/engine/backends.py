@@ -2,13 +2,16 @@
 
 ``auto`` (the default) takes the C engine when it was built and imports cleanly, else the pure-Python
 engine. ``c`` demands the C engine and fails loudly without it; ``python`` forces the fallback. Any
-other value is an error, so a typo never silently changes what runs.
+other value is an error, so a typo never silently changes what runs. When ``auto`` falls back, a
+:class:`SlowEngineWarning` says so once per process: the fallback is many times slower, and usually
+means the package was installed without a C compiler or OpenSSL's headers.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 from ..errors import BackendError
 
@@ -16,6 +19,25 @@ VALID_CHOICES = ("auto", "c", "python")
 
 _lock = threading.Lock()
 _current = None
+_warned_fallback = False
+
+
+class SlowEngineWarning(UserWarning):
+    """The C engine is unavailable and ``SEALTENSORS_BACKEND`` did not ask for the Python engine:
+    sealtensors runs on the much slower pure-Python engine."""
+
+
+def _warn_fallback(reason: ImportError) -> None:
+    global _warned_fallback
+    if _warned_fallback:
+        return
+    _warned_fallback = True
+    warnings.warn(
+        f"the C engine is unavailable ({reason}); using the pure-Python engine, which is much "
+        "slower. To fix it, install a C compiler and OpenSSL's headers (e.g. apt-get install gcc "
+        "libssl-dev) and reinstall sealtensors; `sealtensors info` shows the engine in use. "
+        "SEALTENSORS_BACKEND=python chooses the Python engine and silences this warning.",
+        SlowEngineWarning, stacklevel=4)
 
 
 def _load_c_engine(provider: str | None = None):
@@ -36,7 +58,8 @@ def _load(choice: str, provider: str | None = None):
             raise BackendError(f"SEALTENSORS_BACKEND=c but the C engine is unavailable: {exc}") from exc
     try:
         return _load_c_engine(provider)
-    except ImportError:
+    except ImportError as exc:
+        _warn_fallback(exc)
         return PythonEngine()
 
 

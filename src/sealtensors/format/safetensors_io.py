@@ -19,6 +19,10 @@ from .index import MAX_INDEX_BYTES, TensorIndex, tensor_nbytes
 
 READ_PIECE = 16 * 1024 * 1024
 
+# The first bytes of a sealed file (format/container.py's MAGIC), spelled out here so that telling a
+# sealed file from a plain one does not depend on the sealed format's parser.
+SEALED_MAGIC = b"SEALTENS"
+
 
 class PlainTensor:
     __slots__ = ("name", "dtype", "shape", "begin", "end")
@@ -27,15 +31,35 @@ class PlainTensor:
         self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
 
 
-def read_header(fd: int) -> tuple[list[PlainTensor], dict[str, str] | None, int]:
-    """Parse a safetensors header; returns (tensors sorted by offset, metadata, data start)."""
-    size = os.fstat(fd).st_size
-    prefix = os.pread(fd, 8, 0)
-    if len(prefix) != 8:
-        raise FormatError("not a safetensors file (shorter than 8 bytes)")
-    (header_len,) = struct.unpack("<Q", prefix)
+def check_prefix(prefix: bytes, size: int, name: str = "the source") -> None:
+    """Raise a FormatError saying what the file ``name`` is, when its first bytes (``prefix``, at
+    least 9 where the file has them) and ``size`` show it is no safetensors file: empty, too short,
+    already sealed, JSON text, or any other bytes whose header length cannot be right."""
+    if size == 0:
+        raise FormatError(f"{name} is empty, not a safetensors file")
+    if prefix.startswith(SEALED_MAGIC):
+        raise FormatError(f"{name} is already a sealed file, not a safetensors file "
+                          "(unseal it first; rewrap changes a sealed file's recipients)")
+    if len(prefix) < 8 or size < 8:
+        raise FormatError(f"{name} is not a safetensors file (only {size} bytes)")
+    (header_len,) = struct.unpack("<Q", prefix[:8])
     if header_len > MAX_INDEX_BYTES or 8 + header_len > size:
-        raise FormatError(f"safetensors header length {header_len} is impossible for this file")
+        if prefix.lstrip()[:1] in (b"{", b"["):
+            raise FormatError(f"{name} is not a safetensors file (it looks like JSON text)")
+        raise FormatError(f"{name} is not a safetensors file (its first 8 bytes give a header "
+                          f"length of {header_len} bytes, impossible for a {size}-byte file)")
+    if len(prefix) > 8 and header_len and prefix[8:9] != b"{":
+        raise FormatError(f"{name} is not a safetensors file (its header is not a JSON object)")
+
+
+def read_header(fd: int, name: str = "the source"
+                ) -> tuple[list[PlainTensor], dict[str, str] | None, int]:
+    """Parse a safetensors header; returns (tensors sorted by offset, metadata, data start).
+    ``name`` is how error messages call the file (pass the caller's path)."""
+    size = os.fstat(fd).st_size
+    prefix = os.pread(fd, 9, 0)
+    check_prefix(prefix, size, name)
+    (header_len,) = struct.unpack("<Q", prefix[:8])
     raw = os.pread(fd, header_len, 8)
     document = strict_json.loads(raw, "the safetensors header")
     if not isinstance(document, dict):
