@@ -7,6 +7,7 @@ own buffer and the source (bytes in memory, or a file read with pread) has no sh
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import threading
@@ -114,6 +115,50 @@ def check_tensor_bytes(info: TensorInfo, raw: np.ndarray) -> None:
         raise FormatError(f"tensor {info.name!r}: BOOL bytes must be 0 or 1")
 
 
+class PlaintextRules:
+    """The plaintext rules of FORMAT.md (§8.4, §9 step 16) for one index, in one place: alignment
+    padding between tensors is zero and BOOL bytes are 0 or 1.
+
+    Every read path applies them through :meth:`check` to exactly the bytes it hands out, so the
+    outcome does not depend on the entry point: a read that returns a BOOL byte 7 fails wherever it
+    comes from; padding is checked by the reads that return it (whole-data loads, verify, unseal,
+    the GPU staging ring), while a read of whole tensors (``get_tensor``, ``load_into(names=...)``)
+    returns no padding and checks none.
+    """
+
+    def __init__(self, index: TensorIndex) -> None:
+        # Byte ranges the rules constrain, in data order: (begin, end, tensor), tensor None for padding.
+        ranges: list[tuple[int, int, TensorInfo | None]] = []
+        position = 0
+        for info in index.tensors:
+            if info.begin > position:
+                ranges.append((position, info.begin, None))
+            if info.dtype == "BOOL" and info.nbytes:
+                ranges.append((info.begin, info.end, info))
+            position = info.end
+        self._ranges = ranges
+        self._ends = [end for _, end, _ in ranges]
+
+    def check(self, begin: int, data) -> None:
+        """Apply the rules to ``data``, plaintext bytes [begin, begin + len(data)) of the data
+        section; FormatError on the first violation (the caller wipes what it decrypted)."""
+        data = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+        end = begin + len(data)
+        ranges = self._ranges
+        # The ranges are sorted and disjoint: start at the first one ending after ``begin``.
+        at = bisect.bisect_right(self._ends, begin)
+        while at < len(ranges) and ranges[at][0] < end:
+            low, high, info = ranges[at]
+            piece = data[max(low, begin) - begin:min(high, end) - begin]
+            if info is None:
+                if piece.any():
+                    offset = max(low, begin) + int(np.flatnonzero(piece)[0])
+                    raise FormatError(f"non-zero padding at data offset {offset}")
+            else:
+                check_tensor_bytes(info, piece)
+            at += 1
+
+
 class SealedReader:
     """An opened, authenticated sealed file. ``keys``: one key or several (any that has a slot).
 
@@ -187,10 +232,30 @@ class SealedReader:
                 chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
                                                  threads=threads)
 
+    @property
+    def rules(self) -> PlaintextRules:
+        """The plaintext rules for this file's index (built on first use)."""
+        rules = self.__dict__.get("_rules")
+        if rules is None:
+            rules = self._rules = PlaintextRules(self.index)
+        return rules
+
+    def _checked(self, begin: int, dst) -> None:
+        """Apply the plaintext rules to ``dst`` (plaintext from data offset ``begin``); wipe it and
+        raise FormatError when they fail."""
+        data = np.frombuffer(memoryview(dst).cast("B"), dtype=np.uint8)
+        try:
+            self.rules.check(begin, data)
+        except FormatError:
+            data.fill(0)
+            raise
+
     def read_chunks_into(self, first: int, stop: int, dst, *, threads: int = 0) -> None:
-        """Decrypt data chunks [first, stop) into ``dst`` (exactly their plaintext length); on
-        failure ``dst`` is wiped. The building block of staged (GPU) uploads."""
+        """Decrypt data chunks [first, stop) into ``dst`` (exactly their plaintext length) and
+        apply the plaintext rules to them (padding included); on any failure ``dst`` is wiped. The
+        building block of staged (GPU) uploads."""
         self._decrypt_chunks(first, stop, dst, threads)
+        self._checked(first * chunked.CHUNK_SIZE, dst)
 
     def _plaintext_of_chunks(self, first: int, stop: int) -> int:
         if stop == self._chunk_total:
@@ -204,24 +269,16 @@ class SealedReader:
         tensors must be zero and BOOL bytes 0 or 1 (FormatError otherwise). On any failure ``dst``
         is wiped."""
         self._decrypt_chunks(0, self._chunk_total, dst, threads)
-        data = np.frombuffer(memoryview(dst).cast("B"), dtype=np.uint8)
-        try:
-            position = 0
-            for info in self.index.tensors:
-                if data[position:info.begin].any():
-                    raise FormatError(f"non-zero padding before tensor {info.name!r}")
-                check_tensor_bytes(info, data[info.begin:info.end])
-                position = info.end
-        except FormatError:
-            data.fill(0)
-            raise
+        self._checked(0, dst)
 
     def read_range_into(self, begin: int, end: int, dst, *, threads: int = 0) -> None:
         """Decrypt plaintext bytes [begin, end) of the data section into ``dst`` (writable, exactly
         ``end - begin`` bytes), decrypting only the chunks that hold them.
 
-        Whole chunks go straight into ``dst``; at most two partial edge chunks pass through a
-        16 KiB scratch buffer. On failure ``dst`` is wiped and the error raised."""
+        The plaintext rules apply to the bytes returned: BOOL bytes in the range must be 0 or 1,
+        padding in the range zero (FormatError). Whole chunks go straight into ``dst``; at most two
+        partial edge chunks pass through a 16 KiB scratch buffer. On failure ``dst`` is wiped and
+        the error raised."""
         if not 0 <= begin <= end <= self.data_length:
             raise ValueError(f"byte range [{begin}, {end}) outside the data section")
         view = memoryview(dst)
@@ -245,6 +302,7 @@ class SealedReader:
                     position += length
             if position < end:
                 self._copy_from_chunk(position // size, position, end, begin, out, threads)
+            self.rules.check(begin, out)
         except BaseException:
             out.fill(0)
             raise
@@ -280,33 +338,19 @@ class SealedReader:
         """:meth:`iter_spans`, with the plaintext rules (zero padding between tensors, BOOL bytes
         0 or 1) applied to each span before it is yielded (FormatError otherwise). After the
         consumer is done with a non-empty span, ``progress(bytes_done)`` is called."""
-        # Byte ranges the rules constrain, in order: (begin, end, tensor) with tensor None for padding.
-        ruled = []
-        position = 0
-        for info in self.index.tensors:
-            if info.begin > position:
-                ruled.append((position, info.begin, None))
-            if info.dtype == "BOOL" and info.nbytes:
-                ruled.append((info.begin, info.end, info))
-            position = info.end
-        start = 0
-        for span in self.iter_spans(span_chunks, threads=threads):
-            data = np.frombuffer(span, dtype=np.uint8)
-            end = start + len(data)
-            while ruled and ruled[0][0] < end:
-                begin, stop, info = ruled[0]
-                piece = data[max(begin, start) - start:min(stop, end) - start]
-                if info is None and piece.any():
-                    raise FormatError(f"non-zero padding at data offset {max(begin, start)}")
-                if info is not None:
-                    check_tensor_bytes(info, piece)
-                if stop > end:
-                    break
-                ruled.pop(0)
-            start = end
-            yield span
-            if progress is not None and len(data):
-                progress(end)
+        rules = self.rules
+        spans = self.iter_spans(span_chunks, threads=threads)
+        try:
+            start = 0
+            for span in spans:
+                end = start + len(span)
+                rules.check(start, span)
+                start = end
+                yield span
+                if progress is not None and len(span):
+                    progress(end)
+        finally:
+            spans.close()  # wipes the span buffer now, not whenever the generator is collected
 
     def iter_spans(self, span_chunks: int = 1024, *, threads: int = 0) -> Iterable[memoryview]:
         """Yield the data section's plaintext in order, one bounded span at a time.

@@ -5,8 +5,10 @@ for a GPU), the destination, asynchronous copies and completion events. CPU test
 fake device; :mod:`sealtensors.engine.torch_cuda` drives it with CUDA streams.
 
 Rules the ring enforces:
-- a span is copied to the device only after the engine authenticated every chunk in it (the engine
-  call returns only then), so unauthenticated plaintext never reaches device memory;
+- a span is copied to the device only after ``decrypt`` returned for it, that is after the engine
+  authenticated every chunk in it and the plaintext rules of FORMAT.md (zero padding, BOOL bytes
+  0 or 1) accepted it (:meth:`sealtensors.reader.SealedReader.read_chunks_into` does both), so
+  unauthenticated or ill-formed plaintext never reaches device memory;
 - a slot is written again only after the event of its previous copy completed;
 - on any failure, all copies in flight are waited for, the staging ring is wiped, the destination is
   released, and nothing is returned. Memory in use is the ring, whatever the model size.
@@ -64,7 +66,9 @@ def upload(decrypt: Callable[[int, int, np.ndarray], None], data_length: int, de
     """Decrypt the whole data section into device memory; returns the device destination.
 
     ``decrypt(first_chunk, stop_chunk, out)`` must authenticate and decrypt those chunks into
-    ``out`` (exactly their plaintext) or raise after wiping ``out``.
+    ``out`` (exactly their plaintext) and apply the plaintext rules to them, or raise after wiping
+    ``out``. On failure the destination is released (``device.release_destination`` zeroes it) and
+    the error re-raised.
     """
     if slots < 1:
         raise ValueError("the staging ring needs at least one slot")
