@@ -47,10 +47,13 @@
 #define ST_MAX_BATCH 128
 #define ST_MAX_FD_BATCH 8
 #define ST_MAX_THREADS 256
-/* Decrypting this many chunks or more (2 MiB) goes through a cache-resident one-chunk buffer and
- * streaming (non-temporal) stores into the destination: a span that large will not stay in cache
- * anyway, and skipping the read-for-ownership of every destination line measured ~1.6x faster for
- * ipsec-mb on a 1 GiB span. Smaller spans are decrypted in place and stay in cache for the caller. */
+/* Every decrypted chunk goes through the worker's private one-chunk bounce buffer and is copied
+ * into the destination only after its tag verified: no thread of the caller can ever read
+ * unauthenticated plaintext there, not even between a failed chunk and the final wipe. Spans of
+ * this many chunks or more (2 MiB) are copied with streaming (non-temporal) stores: a span that
+ * large will not stay in cache anyway, and skipping the read-for-ownership of every destination
+ * line measured ~1.6x faster for ipsec-mb on a 1 GiB span. Smaller spans are copied with memcpy and
+ * stay in cache for the caller. */
 #define ST_STREAM_MIN_CHUNKS 128
 
 /* ---------------------------------------------------------------- small helpers */
@@ -203,7 +206,7 @@ typedef struct span_job {
     int fd;
     int64_t file_offset;
     size_t src_len;
-    int stream;          /* decrypt through a cache-resident chunk buffer + streaming stores */
+    int stream;          /* copy authenticated chunks into dst with streaming stores */
     uint64_t batch;
     uint64_t nbatches;
     atomic_uint_fast64_t next_batch;
@@ -219,7 +222,7 @@ typedef struct worker {
     span_job *job;
     void *pstate;
     uint8_t *readbuf;
-    uint8_t *bounce; /* one chunk of plaintext, cache resident, when streaming stores are used */
+    uint8_t *bounce; /* one chunk of plaintext, private to the worker, before it is authenticated */
 } worker;
 
 static void record_failure(span_job *job, uint64_t rel, int code, unsigned long perr, int err)
@@ -299,14 +302,15 @@ static int run_chunks(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, 
         } else {
             const uint8_t *in = ct + (rel - lo) * ST_ENCRYPTED_CHUNK_SIZE;
             uint8_t *out = job->dst + rel * ST_CHUNK_SIZE;
+            rc = job->ops->open(pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
+            if (rc == ST_OK) { /* only authenticated plaintext reaches the destination */
 #if ST_HAVE_STREAM
-            if (w->bounce) {
-                rc = job->ops->open(pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
-                if (rc == ST_OK) /* only authenticated plaintext reaches the destination */
+                if (job->stream)
                     stream_copy(out, w->bounce, len);
-            } else
+                else
 #endif
-                rc = job->ops->open(pstate, nonce, NULL, 0, in, len, out, in + len, &perr);
+                    memcpy(out, w->bounce, len);
+            }
         }
         if (rc != ST_OK) {
             record_failure(job, rel, rc, perr, 0);
@@ -615,9 +619,16 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
         job->ops->worker_free(self->pstate);
         rc = ST_E_NOMEM;
     }
-    if (rc == ST_OK && pthread_mutex_init(&job->lock, NULL) != 0) {
+    /* no bounce buffer, no decryption: never decrypt into the destination in place */
+    if (rc == ST_OK && !job->encrypt &&
+        posix_memalign((void **)&self->bounce, 64, ST_CHUNK_SIZE) != 0) {
+        self->bounce = NULL;
         job->ops->worker_free(self->pstate);
         free(self->readbuf);
+        rc = ST_E_NOMEM;
+    }
+    if (rc == ST_OK && pthread_mutex_init(&job->lock, NULL) != 0) {
+        worker_release(job, self);
         rc = ST_E_NOMEM;
     }
     if (rc != ST_OK) {
@@ -626,8 +637,6 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
         job->ops->key_free(keystate);
         return finish(status, rc, -1, perr, 0);
     }
-    if (job->stream && posix_memalign((void **)&self->bounce, 64, ST_CHUNK_SIZE) != 0)
-        self->bounce = NULL; /* fall back to decrypting in place */
 
     /* Borrow helpers and give each its per-call provider state and its cached buffers; if
      * resources run out, go on with the ones that are ready and give the rest back. */
@@ -639,13 +648,15 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
         w->job = job;
         if (need_readbuf && !h->readbuf && !(h->readbuf = malloc(ST_READBUF_LEN)))
             break;
+        if (!job->encrypt && !h->bounce &&
+            posix_memalign((void **)&h->bounce, 64, ST_CHUNK_SIZE) != 0) {
+            h->bounce = NULL; /* this helper sits this call out; the next one tries again */
+            break;
+        }
         if (job->ops->worker_new(keystate, job->encrypt, &w->pstate, &perr) != ST_OK)
             break;
         w->readbuf = need_readbuf ? h->readbuf : NULL;
-        if (job->stream && !h->bounce &&
-            posix_memalign((void **)&h->bounce, 64, ST_CHUNK_SIZE) != 0)
-            h->bounce = NULL; /* this call decrypts in place; the next one tries again */
-        w->bounce = job->stream ? h->bounce : NULL;
+        w->bounce = job->encrypt ? NULL : h->bounce;
     }
     if (taken > ready) /* helpers may be NULL when none was asked for: no pointer arithmetic then */
         pool_give_back(helpers + ready, taken - ready);
@@ -840,13 +851,25 @@ static int aead_run(int provider, int encrypt, const uint8_t *key, const uint8_t
     int rc = ops->key_new(key, &keystate, &perr);
     if (rc != ST_OK)
         return finish(status, rc, -1, perr, 0);
-    rc = ops->worker_new(keystate, encrypt, &w, &perr);
+    /* Decryption goes through a private buffer, copied out once the tag verified: the caller's
+     * other threads never see unauthenticated plaintext in `dst`. */
+    uint8_t *plain = NULL;
+    if (rc == ST_OK && !encrypt && !(plain = malloc(len ? len : 1)))
+        rc = ST_E_NOMEM;
+    if (rc == ST_OK)
+        rc = ops->worker_new(keystate, encrypt, &w, &perr);
     if (rc == ST_OK) {
         if (encrypt)
             rc = ops->seal(w, nonce, aad_len ? aad : NULL, aad_len, src, len, dst, tag_out, &perr);
         else
-            rc = ops->open(w, nonce, aad_len ? aad : NULL, aad_len, src, len, dst, tag_in, &perr);
+            rc = ops->open(w, nonce, aad_len ? aad : NULL, aad_len, src, len, plain, tag_in, &perr);
         ops->worker_free(w);
+    }
+    if (plain) {
+        if (rc == ST_OK && len)
+            memcpy(dst, plain, len);
+        st_wipe(plain, len);
+        free(plain);
     }
     ops->key_free(keystate);
     return finish(status, rc, -1, rc == ST_E_PROVIDER ? perr : 0, 0);

@@ -5,7 +5,7 @@
  *   - ST_OK means the output is exactly right (the job finished on fewer workers if it had to);
  *   - any failure leaves the whole destination zero, reports the lowest failing chunk, and leaves
  *     the calling thread's OpenSSL error queue empty;
- *   - a decrypt streamed through the bounce buffer (128+ chunks) never writes a chunk that failed
+ *   - a decrypt (every chunk goes through a private bounce buffer) never writes a chunk that failed
  *     authentication into the destination, not even until the final wipe;
  *   - nothing leaks (built with ASan/LeakSanitizer by tests/test_cengine_review.py).
  * Every run first shuts the engine's helper pool down, so that each run creates its helpers (and
@@ -218,8 +218,9 @@ static void run(op_t op, int provider, int threads, int which, long nth, int fro
         fail(name, provider, threads, which, nth, from, "unexpected status", &s);
     if (op == OP_TAMPERED && rc == ST_E_AUTH && s.chunk_index != FIRST + BAD_LOW)
         fail(name, provider, threads, which, nth, from, "not the lowest failing chunk", &s);
-    /* (without a bounce buffer, after posix_memalign failed, a worker decrypts in place) */
-    if (op == OP_TAMPERED && rc == ST_E_AUTH && which != F_MEMALIGN &&
+    /* every worker decrypts into its private bounce buffer; a worker that cannot get one does
+     * not decrypt at all (posix_memalign failures included) */
+    if (op == OP_TAMPERED && rc == ST_E_AUTH &&
         (!snapped || !all_aa(snapshot, SNAP_LEN)))
         fail(name, provider, threads, which, nth, from,
              "unauthenticated plaintext streamed into the destination", &s);

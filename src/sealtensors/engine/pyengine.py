@@ -68,21 +68,29 @@ class PythonEngine:
         except IntegrityError:
             _wipe(target)
             raise
-        for i in range(count):
-            start = i * ENCRYPTED_CHUNK_SIZE
-            end = min(start + ENCRYPTED_CHUNK_SIZE, len(source))
-            body = source[start:end - TAG_SIZE]
-            tag = source[end - TAG_SIZE:end]
-            out = i * CHUNK_SIZE
-            cipher = AES.new(aead_key, AES.MODE_GCM, nonce=chunk_nonce(base_nonce, first_chunk + i),
-                             mac_len=TAG_SIZE)
-            cipher.decrypt(body, output=target[out:out + len(body)])
-            try:
-                cipher.verify(tag)
-            except ValueError:
-                _wipe(target)
-                raise IntegrityError("chunk failed authentication",
-                                     chunk_index=first_chunk + i) from None
+        # Each chunk is decrypted into a private buffer and copied into ``target`` only once its
+        # tag verified: another thread reading ``target`` never sees unauthenticated plaintext.
+        bounce = bytearray(CHUNK_SIZE)
+        private = memoryview(bounce)
+        try:
+            for i in range(count):
+                start = i * ENCRYPTED_CHUNK_SIZE
+                end = min(start + ENCRYPTED_CHUNK_SIZE, len(source))
+                body = source[start:end - TAG_SIZE]
+                tag = source[end - TAG_SIZE:end]
+                out = i * CHUNK_SIZE
+                cipher = AES.new(aead_key, AES.MODE_GCM,
+                                 nonce=chunk_nonce(base_nonce, first_chunk + i), mac_len=TAG_SIZE)
+                try:
+                    cipher.decrypt_and_verify(body, tag, output=private[:len(body)])
+                except ValueError:
+                    _wipe(target)
+                    raise IntegrityError("chunk failed authentication",
+                                         chunk_index=first_chunk + i) from None
+                target[out:out + len(body)] = private[:len(body)]
+        finally:
+            _wipe(private)
+            private.release()
 
     def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
                         final, threads=0):
