@@ -9,7 +9,10 @@ from .errors import (
     FormatError,
     IntegrityError,
     InvalidKeyError,
+    KeyProviderError,
+    RecipientError,
     SealError,
+    SignatureError,
     UnsupportedFormatError,
     WrongKeyError,
 )
@@ -18,6 +21,7 @@ from .api import (
     engine_info,
     inspect,
     load_into,
+    reseal,
     rewrap,
     seal_file,
     unseal_file,
@@ -25,6 +29,16 @@ from .api import (
 )
 from .io.atomic import DestinationExistsError
 from .engine.memory import PinningWarning
+from .keys import (
+    Identity,
+    KeyProvider,
+    Passphrase,
+    Recipient,
+    SigningKey,
+    VerifyingKey,
+    generate_identity,
+    load_identity,
+)
 from .keys.keyfile import generate_key, key_id, read_key_file, write_key_file
 from .safe_open import safe_open
 
@@ -47,6 +61,15 @@ __all__ = [
     "seal_file",
     "unseal_file",
     "rewrap",
+    "reseal",
+    "Recipient",
+    "Identity",
+    "Passphrase",
+    "SigningKey",
+    "VerifyingKey",
+    "KeyProvider",
+    "generate_identity",
+    "load_identity",
     "inspect",
     "verify",
     "engine_info",
@@ -60,6 +83,9 @@ __all__ = [
     "IntegrityError",
     "CommitmentError",
     "WrongKeyError",
+    "SignatureError",
+    "RecipientError",
+    "KeyProviderError",
     "InvalidKeyError",
     "BackendError",
     "DestinationExistsError",

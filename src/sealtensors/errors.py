@@ -57,6 +57,11 @@ class KeyProviderError(SealError, RuntimeError):
     line naming the provider and the cause; it never contains key material."""
 
 
+class RecipientError(SealError, ValueError):
+    """A rewrap request does not match the file: removing a recipient it does not have, or adding
+    one it already has."""
+
+
 class InvalidKeyError(SealError, ValueError):
     """A key is malformed: not 32 bytes, or an unreadable key file."""
 
@@ -73,6 +78,7 @@ __all__ = [
     "CommitmentError",
     "SignatureError",
     "WrongKeyError",
+    "RecipientError",
     "InvalidKeyError",
     "KeyProviderError",
     "BackendError",

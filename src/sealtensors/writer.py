@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import time
+from dataclasses import replace
 from typing import BinaryIO, Callable, Iterable
 
 from .engine import backends as _backends
@@ -10,7 +13,9 @@ from .crypto import chunked
 from .format import container
 from .engine.spec import span_ciphertext_length
 from .format.index import TensorIndex, serialize
-from .keys.keyfile import as_keys
+from .format import trailer
+from .keys.keyfile import as_recipients
+from .keys.signing import SigningKey
 
 # Plaintext encrypted per engine call: a whole number of chunks, large enough for the C engine's
 # threads to share, small enough to keep sealing memory flat.
@@ -19,19 +24,12 @@ SPAN_BYTES = 1024 * chunked.CHUNK_SIZE
 ProgressCallback = Callable[[int], None]
 
 
-def _dedupe(keys: list[bytes]) -> list[bytes]:
-    unique = []
-    for key in keys:
-        if key not in unique:
-            unique.append(key)
-    return unique
-
-
 class _DataEncryptor:
     """Accumulates the data section's plaintext and writes it out as encrypted spans."""
 
     def __init__(self, out: BinaryIO, keys: chunked.MessageKeys, threads: int,
-                 progress: ProgressCallback | None, data_length: int) -> None:
+                 progress: ProgressCallback | None, data_length: int, *,
+                 collect_digests: bool = False) -> None:
         self._out = out
         self._keys = keys
         self._threads = threads
@@ -43,6 +41,7 @@ class _DataEncryptor:
         self._fill = 0
         self._next_chunk = 0
         self.written = 0
+        self.digests = bytearray() if collect_digests else None
 
     def write(self, data) -> None:
         view = memoryview(data).cast("B")
@@ -74,6 +73,9 @@ class _DataEncryptor:
                                         self._next_chunk, plain, cipher, final=final,
                                         threads=self._threads)
         self._out.write(cipher)
+        if self.digests is not None:
+            for begin in range(0, len(cipher), chunked.ENCRYPTED_CHUNK_SIZE):
+                self.digests += trailer.chunk_digest(cipher[begin:begin + chunked.ENCRYPTED_CHUNK_SIZE])
         self._next_chunk += self._fill // chunked.CHUNK_SIZE
         self.written += self._fill
         advanced = self._fill > 0
@@ -88,25 +90,41 @@ class _DataEncryptor:
 
 
 def write_sealed(out: BinaryIO, index: TensorIndex, tensor_data: Iterable[Iterable],
-                 keys, *, threads: int = 0, progress: ProgressCallback | None = None) -> None:
-    """Write a complete sealed file to ``out``.
+                 recipients, *, threads: int = 0, progress: ProgressCallback | None = None,
+                 signer=None, generation: int | None = None) -> bytes:
+    """Write a complete sealed file to ``out`` (seekable when ``signer`` is given); returns the
+    file id.
 
     ``tensor_data`` yields, for each tensor of ``index`` in order, an iterable of bytes-like pieces
-    whose lengths add up to that tensor's byte length. ``keys`` are the recipients (one or more).
+    whose lengths add up to that tensor's byte length. ``recipients``: who can open it (keys,
+    recipient strings, Recipient objects; keys/keyfile.as_recipients). ``signer``: a SigningKey
+    (or the path of a signing key file) to sign the file as its publisher, with ``generation``
+    (default: the current Unix time, so later seals of a model have higher generations).
     """
-    recipients = _dedupe(as_keys(keys))
+    recipient_list = as_recipients(recipients)
+    signing_key = None
+    if signer is not None:
+        signing_key = signer if isinstance(signer, SigningKey) else SigningKey.load(signer)
+        generation = int(time.time()) if generation is None else int(generation)
+    elif generation is not None:
+        raise ValueError("generation is part of a signature: give signer= too")
     data_key = secrets.token_bytes(chunked.KEY_SIZE)
-    file_id = secrets.token_bytes(16)
+    file_id = secrets.token_bytes(container.FILE_ID_SIZE)
     index_plaintext = serialize(index)
     index_message = chunked.encrypt(data_key, index_plaintext, container.index_context(file_id))
     data_message_length = chunked.ciphertext_length(index.data_length)
-    slots = [container.wrap_key(key, data_key, file_id) for key in recipients]
-    out.write(container.build(file_id, len(index_message), data_message_length, slots, data_key))
+    records = container.wrap_for(recipient_list, data_key, file_id)
+    trailer_length = trailer.trailer_length(data_message_length) if signing_key else 0
+    header = container.new_header(file_id, len(index_message), data_message_length, trailer_length,
+                                  container.EMPTY_TRAILER_DIGEST, records)
+    start = out.tell() if signing_key else 0
+    out.write(container.header_region(header, data_key))
     out.write(index_message)
     data_header, data_keys = chunked.new_message(
         data_key, container.data_context(file_id, index_plaintext))
     out.write(data_header)
-    encryptor = _DataEncryptor(out, data_keys, threads, progress, index.data_length)
+    encryptor = _DataEncryptor(out, data_keys, threads, progress, index.data_length,
+                               collect_digests=signing_key is not None)
     sources = iter(tensor_data)
     for info in index.tensors:
         encryptor.pad_to(info.begin)
@@ -114,9 +132,20 @@ def write_sealed(out: BinaryIO, index: TensorIndex, tensor_data: Iterable[Iterab
             pieces = next(sources)
         except StopIteration:
             raise ValueError("fewer tensor sources than tensors in the index") from None
-        start = encryptor.position
+        start_position = encryptor.position
         for piece in pieces:
             encryptor.write(piece)
-        if encryptor.position - start != info.nbytes:
+        if encryptor.position - start_position != info.nbytes:
             raise ValueError(f"tensor {info.name!r}: source gave the wrong number of bytes")
     encryptor.finish()
+    if signing_key is not None:
+        signed = trailer.build(signing_key, file_id=file_id, generation=generation,
+                               index_message=index_message, data_header=data_header,
+                               data_length=data_message_length, digests=bytes(encryptor.digests))
+        out.write(signed)
+        end = out.tell()
+        header = replace(header, trailer_digest=hashlib.sha256(signed).digest())
+        out.seek(start)
+        out.write(container.header_region(header, data_key))
+        out.seek(end)
+    return file_id

@@ -1,92 +1,111 @@
-"""The sealed file's outer layer, format v1: preamble, header with key slots, header MAC.
+"""The sealed file's outer layer, format v2: preamble, two header copies (one active), typed key slots, header MAC.
 
-Layout (all integers little-endian; see docs/FORMAT.md for the normative description)::
+Layout (integers little-endian; docs/FORMAT.md is normative)::
 
-    0    8   magic "SEALTENS"
-    8    2   format version (1)
-    10   2   cipher suite (1: C2SP chunked AES-256-GCM / HKDF-SHA-512, HMAC-SHA-256 header MAC)
-    12   4   reserved, zero
-    16   16  file id (random)
-    32   8   index message length (bytes)
-    40   8   data message length (bytes)
-    48   4   key slot count n (1..MAX_SLOTS)
-    52   4   reserved, zero
-    56   120*n  key slots: key id (16) || wrapped data key (104: a chunked message of the 32-byte DEK)
-    ..   32  header MAC: HMAC-SHA-256(mac key, every header byte before it)
+    0        32       preamble: magic "SEALTENS", version 2, suite 1, active copy (0/1), capacity C
+    32       C        header copy 0
+    32+C     C        header copy 1
+    32+2C    ..       index message, data message (C2SP chunked, under the data key)
+    ..       ..       signature trailer (optional, format/trailer.py)
 
-followed by the index message and the data message, both C2SP chunked messages under the DEK.
+A header copy is: fixed fields (file id, sequence, message lengths, trailer length and digest, slot
+count, slot table length), the slot records, the header MAC, zero padding to C. Readers use only the
+active copy; the other one is spare room, so that an in-place rewrap writes a complete new copy and
+then flips one byte (crash-safe, no data copied).
 """
 
 from __future__ import annotations
 
-import hmac
 import hashlib
+import hmac
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..crypto import chunked
 from ..crypto.hkdf import hkdf_expand
-from ..errors import CommitmentError, FormatError, IntegrityError, UnsupportedFormatError, WrongKeyError
+from ..errors import FormatError, IntegrityError, UnsupportedFormatError, WrongKeyError
+from ..keys import slots as slot_types
+from ..keys.slots import Identity, Recipient, SlotRecord
 from .index import MAX_INDEX_BYTES
-from ..keys.keyfile import KEY_ID_SIZE, KEY_SIZE, key_id
 
 MAGIC = b"SEALTENS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUITE_CHUNKED_AES256GCM_HKDF_SHA512 = 1
 SUPPORTED_SUITES = (SUITE_CHUNKED_AES256GCM_HKDF_SHA512,)
-PREAMBLE_SIZE = 16
-FIXED_HEADER_SIZE = 56
+PREAMBLE = struct.Struct("<8sHHB3sI12s")
+PREAMBLE_SIZE = PREAMBLE.size  # 32
+ACTIVE_OFFSET = 12
+COPY_FIXED = struct.Struct("<16sQQQQ32sII")
+COPY_FIXED_SIZE = COPY_FIXED.size  # 88
 MAC_SIZE = 32
-WRAPPED_KEY_SIZE = chunked.ciphertext_length(KEY_SIZE)  # 104
-SLOT_SIZE = KEY_ID_SIZE + WRAPPED_KEY_SIZE  # 120
+FILE_ID_SIZE = 16
+DATA_KEY_SIZE = 32
+CAPACITY_UNIT = 4096
+MIN_CAPACITY = 4096
+MAX_CAPACITY = 16 << 20
 MAX_SLOTS = 1024
+MIN_MESSAGE = chunked.HEADER_SIZE + chunked.TAG_SIZE
 MAX_INDEX_MESSAGE = chunked.ciphertext_length(MAX_INDEX_BYTES)
 MAX_DATA_MESSAGE = chunked.ciphertext_length(chunked.MAX_CHUNKS * chunked.CHUNK_SIZE - 1)
+HEADROOM = 8192  # spare bytes a new file's header copies keep for recipients added later
 
-_FIXED = struct.Struct("<8sHHI16sQQII")
-assert _FIXED.size == FIXED_HEADER_SIZE
+INDEX_CONTEXT = b"sealtensors/v2/index\x00"
+DATA_CONTEXT = b"sealtensors/v2/data\x00"
+MAC_KEY_INFO = b"sealtensors/v2/header-mac"
+EMPTY_TRAILER_DIGEST = bytes(32)
 
-SLOT_CONTEXT = b"sealtensors/v1/key-slot\x00"
-INDEX_CONTEXT = b"sealtensors/v1/index\x00"
-DATA_CONTEXT = b"sealtensors/v1/data\x00"
-MAC_KEY_INFO = b"sealtensors/v1/header-mac"
-
-
-@dataclass(frozen=True)
-class Slot:
-    key_id: bytes
-    wrapped_key: bytes = field(repr=False)
+assert PREAMBLE_SIZE == 32 and COPY_FIXED_SIZE == 88
 
 
 @dataclass(frozen=True)
 class Header:
+    """The active header copy of a sealed file, parsed (not yet authenticated)."""
+
     version: int
     suite: int
+    active: int
+    capacity: int
     file_id: bytes
+    sequence: int
     index_length: int
     data_length: int
-    slots: tuple[Slot, ...]
+    trailer_length: int
+    trailer_digest: bytes
+    slots: tuple[SlotRecord, ...]
     mac: bytes = field(repr=False)
 
     @property
-    def size(self) -> int:
-        return header_size(len(self.slots))
+    def region_size(self) -> int:
+        return PREAMBLE_SIZE + 2 * self.capacity
+
+    @property
+    def copy_offset(self) -> int:
+        return copy_offset(self.active, self.capacity)
 
     @property
     def index_offset(self) -> int:
-        return self.size
+        return self.region_size
 
     @property
     def data_offset(self) -> int:
-        return self.size + self.index_length
+        return self.region_size + self.index_length
+
+    @property
+    def trailer_offset(self) -> int:
+        return self.data_offset + self.data_length
 
     @property
     def file_length(self) -> int:
-        return self.size + self.index_length + self.data_length
+        return self.trailer_offset + self.trailer_length
+
+    # v0.1 name, used by readers that only need where the index starts
+    @property
+    def size(self) -> int:
+        return self.region_size
 
 
-def header_size(slot_count: int) -> int:
-    return FIXED_HEADER_SIZE + SLOT_SIZE * slot_count + MAC_SIZE
+def copy_offset(active: int, capacity: int) -> int:
+    return PREAMBLE_SIZE + active * capacity
 
 
 def mac_key(data_key: bytes) -> bytes:
@@ -102,32 +121,46 @@ def data_context(file_id: bytes, index_plaintext: bytes) -> bytes:
     return DATA_CONTEXT + file_id + hashlib.sha512(index_plaintext).digest()
 
 
-def parse_fixed(prefix: bytes) -> tuple[int, int, bytes, int, int, int]:
-    """Validate the first 56 bytes; returns (version, suite, file id, index len, data len, slots)."""
+def capacity_for(slot_table_length: int) -> int:
+    """The copy capacity a new file gets: its header plus HEADROOM, in 4 KiB units."""
+    needed = COPY_FIXED_SIZE + slot_table_length + MAC_SIZE + HEADROOM
+    return max(MIN_CAPACITY, -(-needed // CAPACITY_UNIT) * CAPACITY_UNIT)
+
+
+def parse_preamble(prefix: bytes) -> tuple[int, int, int, int]:
+    """Check the first 32 bytes; returns (version, suite, active copy, capacity)."""
     if len(prefix) < len(MAGIC) or prefix[:len(MAGIC)] != MAGIC:
         raise FormatError("not a sealtensors file (bad magic)")
-    # Name the version and suite as soon as their bytes are there, so that a short file of a
-    # future format reads as unsupported rather than as truncated.
+    # Name the version and suite as soon as their bytes are there, so that a short file of
+    # another format version reads as unsupported rather than as truncated.
     if len(prefix) >= 10:
         (version,) = struct.unpack_from("<H", prefix, 8)
         if version != FORMAT_VERSION:
+            hint = " (written by sealtensors 0.1; reseal it from the original weights)" \
+                if version == 1 else ""
             raise UnsupportedFormatError(f"sealed file format version {version} is not supported "
-                                         f"(this build reads version {FORMAT_VERSION})")
+                                         f"(this build reads version {FORMAT_VERSION}){hint}")
     if len(prefix) >= 12:
         (suite,) = struct.unpack_from("<H", prefix, 10)
         if suite not in SUPPORTED_SUITES:
             raise UnsupportedFormatError(f"cipher suite {suite} is not supported")
-    if len(prefix) < FIXED_HEADER_SIZE:
-        raise IntegrityError("file truncated inside its header")
-    magic, version, suite, reserved0, file_id, index_len, data_len, slots, reserved1 = \
-        _FIXED.unpack_from(prefix)
-    if reserved0 or reserved1:
-        raise FormatError("reserved header fields must be zero")
-    if not 1 <= slots <= MAX_SLOTS:
-        raise FormatError(f"key slot count {slots} outside 1..{MAX_SLOTS}")
-    if not chunked.HEADER_SIZE + chunked.TAG_SIZE <= index_len <= MAX_INDEX_MESSAGE:
+    if len(prefix) < PREAMBLE_SIZE:
+        raise IntegrityError("file truncated inside its preamble")
+    _magic, version, suite, active, reserved0, capacity, reserved1 = PREAMBLE.unpack_from(prefix)
+    if reserved0 != bytes(3) or reserved1 != bytes(12):
+        raise FormatError("reserved preamble fields must be zero")
+    if active not in (0, 1):
+        raise FormatError(f"active header copy {active} is neither 0 nor 1")
+    if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity % CAPACITY_UNIT:
+        raise FormatError(f"header copy capacity {capacity} is not a multiple of {CAPACITY_UNIT} "
+                          f"in {MIN_CAPACITY}..{MAX_CAPACITY}")
+    return version, suite, active, capacity
+
+
+def _check_lengths(index_len: int, data_len: int) -> None:
+    if not MIN_MESSAGE <= index_len <= MAX_INDEX_MESSAGE:
         raise FormatError(f"index length {index_len} out of range")
-    if not chunked.HEADER_SIZE + chunked.TAG_SIZE <= data_len <= MAX_DATA_MESSAGE:
+    if not MIN_MESSAGE <= data_len <= MAX_DATA_MESSAGE:
         raise FormatError(f"data length {data_len} out of range")
     for length, what in ((index_len, "index"), (data_len, "data")):
         try:
@@ -135,89 +168,142 @@ def parse_fixed(prefix: bytes) -> tuple[int, int, bytes, int, int, int]:
         except IntegrityError:
             raise FormatError(f"{what} length {length} is not a possible chunked message length") \
                 from None
-    return version, suite, file_id, index_len, data_len, slots
 
 
-def parse(buffer: bytes) -> Header:
-    """Parse a complete header (``buffer`` holds at least ``header_size(n)`` bytes)."""
-    version, suite, file_id, index_len, data_len, count = parse_fixed(buffer[:FIXED_HEADER_SIZE])
-    size = header_size(count)
-    if len(buffer) < size:
+def parse(preamble: bytes, copy: bytes) -> Header:
+    """Parse the preamble and the active copy (``copy`` is the copy's ``capacity`` bytes)."""
+    version, suite, active, capacity = parse_preamble(preamble)
+    if len(copy) < capacity:
         raise IntegrityError("file truncated inside its header")
-    slots = []
-    for i in range(count):
-        start = FIXED_HEADER_SIZE + i * SLOT_SIZE
-        raw = bytes(buffer[start:start + SLOT_SIZE])
-        slots.append(Slot(raw[:KEY_ID_SIZE], raw[KEY_ID_SIZE:]))
-    if len({slot.key_id for slot in slots}) != len(slots):
-        raise FormatError("two key slots carry the same key id")
-    mac = bytes(buffer[size - MAC_SIZE:size])
-    return Header(version, suite, file_id, index_len, data_len, tuple(slots), mac)
+    (file_id, sequence, index_len, data_len, trailer_len, trailer_digest, count,
+     table_length) = COPY_FIXED.unpack_from(copy)
+    if not 1 <= count <= MAX_SLOTS:
+        raise FormatError(f"key slot count {count} outside 1..{MAX_SLOTS}")
+    if table_length > capacity - COPY_FIXED_SIZE - MAC_SIZE:
+        raise FormatError(f"key slot table length {table_length} does not fit the header copy")
+    _check_lengths(index_len, data_len)
+    from .trailer import check_trailer_length
+
+    check_trailer_length(trailer_len, data_len)
+    if trailer_len == 0 and trailer_digest != EMPTY_TRAILER_DIGEST:
+        raise FormatError("an unsigned file's trailer digest must be zero")
+    table_end = COPY_FIXED_SIZE + table_length
+    records = slot_types.parse_records(bytes(copy[COPY_FIXED_SIZE:table_end]), count)
+    mac = bytes(copy[table_end:table_end + MAC_SIZE])
+    if any(copy[table_end + MAC_SIZE:capacity]):
+        raise FormatError("the header copy's padding after the MAC is not zero")
+    return Header(version, suite, active, capacity, bytes(file_id), sequence, index_len, data_len,
+                  trailer_len, bytes(trailer_digest), records, mac)
 
 
-def _authenticated_bytes(file_id: bytes, index_len: int, data_len: int, slots) -> bytes:
-    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, SUITE_CHUNKED_AES256GCM_HKDF_SHA512, 0, file_id,
-                        index_len, data_len, len(slots), 0)
-    return fixed + b"".join(slot.key_id + slot.wrapped_key for slot in slots)
+def authenticated_bytes(header: Header) -> bytes:
+    """The bytes the header MAC covers: the preamble as it reads with this copy active, then the
+    copy's fixed fields and slot table."""
+    preamble = PREAMBLE.pack(MAGIC, FORMAT_VERSION, header.suite, header.active, bytes(3),
+                             header.capacity, bytes(12))
+    table = b"".join(record.to_bytes() for record in header.slots)
+    fixed = COPY_FIXED.pack(header.file_id, header.sequence, header.index_length, header.data_length,
+                            header.trailer_length, header.trailer_digest, len(header.slots),
+                            len(table))
+    return preamble + fixed + table
 
 
-def wrap_key(recipient_key: bytes, data_key: bytes, file_id: bytes) -> Slot:
-    wrapped = chunked.encrypt(recipient_key, data_key, SLOT_CONTEXT + file_id)
-    return Slot(key_id(recipient_key), wrapped)
-
-
-def build(file_id: bytes, index_len: int, data_len: int, slots, data_key: bytes) -> bytes:
-    """Serialize a header for ``slots`` and authenticate it under the data key."""
-    if not 1 <= len(slots) <= MAX_SLOTS:
+def build(header: Header, data_key: bytes) -> tuple[bytes, bytes]:
+    """(preamble, copy of exactly ``capacity`` bytes) for ``header``, MAC computed under the data
+    key. ValueError when the slots do not fit the capacity."""
+    if not 1 <= len(header.slots) <= MAX_SLOTS:
         raise ValueError(f"a sealed file needs 1..{MAX_SLOTS} recipients")
-    body = _authenticated_bytes(file_id, index_len, data_len, slots)
-    return body + hmac.new(mac_key(data_key), body, hashlib.sha256).digest()
+    body = authenticated_bytes(header)
+    mac = hmac.new(mac_key(data_key), body, hashlib.sha256).digest()
+    copy = body[PREAMBLE_SIZE:] + mac
+    if len(copy) > header.capacity:
+        raise ValueError(f"the header needs {len(copy)} bytes, the copy capacity is {header.capacity}")
+    return body[:PREAMBLE_SIZE], copy + bytes(header.capacity - len(copy))
 
 
-def unlock(header: Header, header_bytes: bytes, keys: list[bytes]) -> bytes:
-    """Find the data key with any of ``keys`` and verify the header MAC; returns the DEK.
+def new_header(file_id: bytes, index_len: int, data_len: int, trailer_len: int,
+               trailer_digest: bytes, records: list[SlotRecord], capacity: int | None = None) -> Header:
+    table_length = sum(slot_types.RECORD_HEADER.size + len(r.body) for r in records)
+    return Header(FORMAT_VERSION, SUITE_CHUNKED_AES256GCM_HKDF_SHA512, 0,
+                  capacity or capacity_for(table_length), file_id, 0, index_len, data_len,
+                  trailer_len, trailer_digest, tuple(records), b"")
 
-    WrongKeyError when none of the keys has a slot; IntegrityError when a key's slot (or the header)
-    was altered.
-    """
-    context = SLOT_CONTEXT + header.file_id
-    data_key = None
-    for key in keys:
-        wanted = key_id(key)
-        for slot in header.slots:
-            if hmac.compare_digest(slot.key_id, wanted):
-                try:
-                    data_key = chunked.decrypt(key, slot.wrapped_key, context)
-                except IntegrityError:
-                    raise IntegrityError("a key slot for this key was altered") from None
+
+def header_region(header: Header, data_key: bytes) -> bytes:
+    """The whole header region of a new file: preamble, the active copy 0, a zeroed copy 1."""
+    preamble, copy = build(replace(header, active=0), data_key)
+    return preamble + copy + bytes(header.capacity)
+
+
+def fits(header: Header) -> bool:
+    table_length = sum(slot_types.RECORD_HEADER.size + len(r.body) for r in header.slots)
+    return COPY_FIXED_SIZE + table_length + MAC_SIZE <= header.capacity
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """The result of opening a header: the data key and the slot that gave it."""
+
+    data_key: bytes = field(repr=False)
+    slot_index: int
+    identity: Identity
+
+
+def _ids_report(header: Header, identities: list[Identity]) -> str:
+    present = ", ".join(f"{r.type_name} {r.slot_id.hex()}" for r in header.slots[:8])
+    if len(header.slots) > 8:
+        present += f", ... ({len(header.slots)} slots)"
+    tried = []
+    for identity in identities:
+        ids = identity.candidate_slot_ids(header.file_id)
+        kind = identity.describe().split(" ")[0]
+        tried.append(f"{kind} " + ("/".join(i.hex() for i in sorted(ids)) if ids else "(any slot)"))
+    return f"the file has slots [{present}]; tried [{', '.join(tried)}]"
+
+
+def unlock(header: Header, identities: list[Identity]) -> Unlocked:
+    """Find the data key with the first identity (in the caller's order) that owns a slot, then
+    verify the header MAC. WrongKeyError when none does; IntegrityError when a slot that belongs
+    to one of them, or the header, was altered."""
+    found = None
+    for identity in identities:
+        wanted = identity.candidate_slot_ids(header.file_id)
+        for position, record in enumerate(header.slots):
+            if record.slot_type not in identity.slot_types:
+                continue
+            if wanted is not None and not any(hmac.compare_digest(record.slot_id, w) for w in wanted):
+                continue
+            data_key = identity.unwrap(record, header.file_id)
+            if data_key is not None:
+                found = Unlocked(data_key, position, identity)
                 break
-        if data_key is not None:
+        if found is not None:
             break
-    if data_key is None:
-        # No key id matched. If a key's commitment still matches a slot, its id was tampered with.
-        for key in keys:
-            for slot in header.slots:
-                try:
-                    chunked.open_message(key, slot.wrapped_key, context)
-                except CommitmentError:
-                    continue
-                raise IntegrityError("a key slot's key id was altered")
-        raise WrongKeyError("none of the given keys can open this file")
-    expected = hmac.new(mac_key(data_key), header_bytes[:header.size - MAC_SIZE],
-                        hashlib.sha256).digest()
+    if found is None:
+        # No slot id matched. If an identity still opens a slot, that slot's id was altered.
+        for identity in identities:
+            for record in header.slots:
+                if record.slot_type in identity.slot_types and \
+                        identity.opens_ignoring_id(record, header.file_id):
+                    raise IntegrityError("a key slot's slot id was altered")
+        raise WrongKeyError("none of the given keys or identities can open this file: "
+                            + _ids_report(header, identities))
+    expected = hmac.new(mac_key(found.data_key), authenticated_bytes(header), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, header.mac):
         raise IntegrityError("header authentication failed (the header was altered)")
-    return data_key
+    return found
 
 
-def rebuild_with_slots(header: Header, data_key: bytes, recipient_keys: list[bytes],
-                       keep: list[Slot]) -> bytes:
-    """A new header for the same data: kept slots plus fresh slots for ``recipient_keys``."""
-    slots = list(keep)
-    present = {slot.key_id for slot in slots}
-    for key in recipient_keys:
-        slot = wrap_key(key, data_key, header.file_id)
-        if slot.key_id not in present:
-            slots.append(slot)
-            present.add(slot.key_id)
-    return build(header.file_id, header.index_length, header.data_length, slots, data_key)
+def with_slots(header: Header, records: list[SlotRecord]) -> Header:
+    """The next version of ``header`` with another slot list, written to the other copy."""
+    return replace(header, slots=tuple(records), active=1 - header.active,
+                   sequence=header.sequence + 1)
+
+
+def wrap_for(recipients: list[Recipient], data_key: bytes, file_id: bytes) -> list[SlotRecord]:
+    records = [recipient.wrap(data_key, file_id) for recipient in recipients]
+    if len({r.slot_id for r in records}) != len(records):
+        raise ValueError("two recipients are the same")
+    if sum(r.slot_type == slot_types.PASSPHRASE for r in records) > slot_types.MAX_PASSPHRASE_SLOTS:
+        raise ValueError(f"at most {slot_types.MAX_PASSPHRASE_SLOTS} passphrase recipients per file")
+    return records
