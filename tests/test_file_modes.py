@@ -41,3 +41,25 @@ def test_in_place_rewrap_keeps_mode_and_follows_the_link(tmp_path):
     assert link.is_symlink(), "the link stays a link"
     assert _mode(real) == 0o640
     assert np.array_equal(stn.load_file(link, second)["x"], np.arange(5))
+
+
+def test_cli_outputs_sealed_by_umask_plaintext_and_keys_0600(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from sealtensors import cli
+
+    plain = tmp_path / "m.safetensors"
+    save_file({"x": np.arange(5)}, str(plain))
+    saved = os.umask(0o027)
+    try:
+        assert cli.main(["keygen", str(tmp_path / "k.key")]) == 0
+        assert cli.main(["seal", str(plain), str(tmp_path / "m.sealed"),
+                         "-k", str(tmp_path / "k.key")]) == 0
+        assert cli.main(["unseal", str(tmp_path / "m.sealed"), str(tmp_path / "r.safetensors"),
+                         "-k", str(tmp_path / "k.key")]) == 0
+    finally:
+        os.umask(saved)
+    capsys.readouterr()
+    assert _mode(tmp_path / "m.sealed") == 0o640
+    assert _mode(tmp_path / "k.key") == 0o600
+    assert _mode(tmp_path / "r.safetensors") == 0o600
