@@ -289,7 +289,8 @@ def test_sealing_a_non_safetensors_file_says_what_it_is(kind, tmp_path, sealed, 
         source.write_bytes(b"")
     elif kind == "tiny":
         source.write_bytes(b"abc")
-    expected = {"sealed": "is already a sealed file", "json": "is not a safetensors file (it looks like JSON",
+    expected = {"sealed": "is already a sealed file",
+                "json": "is not a safetensors file (it looks like JSON",
                 "random": "is not a safetensors file", "empty": "is empty",
                 "tiny": "is not a safetensors file"}[kind]
     code, _, err = run(capsys, "seal", source, tmp_path / "out.sealed", "-k", key)

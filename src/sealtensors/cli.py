@@ -1,15 +1,16 @@
 """The ``sealtensors`` command: keygen, seal, unseal, inspect, verify, rewrap, info, demo, help.
 
-``main(argv)`` returns the process exit status instead of raising: every failure becomes one line on
-stderr (``sealtensors: error: <kind>: <message>``) and one of the documented exit codes below, never a
-traceback (set ``SEALTENSORS_DEBUG=1`` to get the traceback as well). With ``--json`` every command
-prints exactly one JSON document on stdout instead: its result, or ``{"error": {...}}`` with the same
-exit code. Key material is never printed: keys are named by their public key id only. Everything
-printed for people passes through :func:`printable`, so a file name, tensor name or metadata value
-cannot carry terminal escape sequences to the screen.
+``main(argv)`` returns the process exit status instead of raising: every failure becomes one line
+on stderr (``sealtensors: error: <kind>: <message>``) and one of the documented exit codes below,
+never a traceback (set ``SEALTENSORS_DEBUG=1`` to get the traceback as well). With ``--json`` every
+command prints exactly one JSON document on stdout instead: its result, or ``{"error": {...}}`` with
+the same exit code. Key material is never printed: keys are named by their public key id only.
+Everything printed for people passes through :func:`printable`, so a file name, tensor name or
+metadata value cannot carry terminal escape sequences to the screen.
 
-Adding a subcommand: write ``cmd_<name>(args) -> Result`` and an ``_args_<name>(parser)`` that adds its
-arguments (the ``add_*_option`` helpers hold the shared ones), and list both in ``COMMANDS``.
+Adding a subcommand: write ``cmd_<name>(args) -> Result`` and an ``_args_<name>(parser)`` that adds
+its arguments (the ``add_*_option`` helpers hold the shared ones), and list both in ``COMMANDS``.
+Key options are read in one place, :func:`read_keys`.
 """
 
 from __future__ import annotations
