@@ -220,12 +220,12 @@ class Tpm2Provider(KeyProvider):
         tpm2_pytss, constants, types = _import_tpm2()
         bank, pcrs, primary_name, public_blob, private_blob = decode_payload(payload)
         try:
-            bank_name = constants.TPM2_ALG(bank).name.lower()
-            public, rest = types.TPM2B_PUBLIC.unmarshal(public_blob)
-            private, rest2 = types.TPM2B_PRIVATE.unmarshal(private_blob)
+            bank_name = constants.TPM2_ALG.to_string(bank).rpartition(".")[2].lower()
+            public, public_used = types.TPM2B_PUBLIC.unmarshal(public_blob)
+            private, private_used = types.TPM2B_PRIVATE.unmarshal(private_blob)
         except Exception:
-            raise FormatError("tpm2 payload: malformed public or private area") from None
-        if rest or rest2:
+            raise FormatError("tpm2 payload: malformed PCR bank, public or private area") from None
+        if public_used != len(public_blob) or private_used != len(private_blob):
             raise FormatError("tpm2 payload: trailing bytes in the public or private area")
         pcrs_text = f"{bank_name}:{','.join(map(str, pcrs))}"
         esys = self._connect()
