@@ -28,6 +28,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
 #include "checked.h"
 #include "provider.h"
 #include "sealtensors.h"
@@ -78,6 +82,7 @@ size_t st_key_size(void) { return ST_KEY_SIZE; }
 size_t st_nonce_size(void) { return ST_NONCE_SIZE; }
 size_t st_tag_size(void) { return ST_TAG_SIZE; }
 size_t st_chunk_size(void) { return ST_CHUNK_SIZE; }
+size_t st_digest_size(void) { return ST_DIGEST_SIZE; }
 uint64_t st_max_chunks(void) { return ST_MAX_CHUNKS; }
 
 const char *st_version(void)
@@ -101,6 +106,7 @@ const char *st_status_message(int code)
     case ST_E_NOMEM: return "out of memory";
     case ST_E_PROVIDER: return "AES provider unavailable or failed";
     case ST_E_VERSION: return "engine version mismatch";
+    case ST_E_DIGEST: return "chunk does not match its expected SHA-256 digest";
     default: return "unknown status";
     }
 }
@@ -207,6 +213,8 @@ typedef struct span_job {
     int64_t file_offset;
     size_t src_len;
     int stream;          /* copy authenticated chunks into dst with streaming stores */
+    const uint8_t *digests; /* decrypt: expected SHA-256 per chunk of the span, or NULL */
+    uint8_t *digests_out;   /* encrypt: SHA-256 per produced chunk, or NULL */
     uint64_t batch;
     uint64_t nbatches;
     atomic_uint_fast64_t next_batch;
@@ -223,7 +231,40 @@ typedef struct worker {
     void *pstate;
     uint8_t *readbuf;
     uint8_t *bounce; /* one chunk of plaintext, private to the worker, before it is authenticated */
+    EVP_MD_CTX *md;  /* when the job hashes chunks */
 } worker;
+
+/* ---------------------------------------------------------------- chunk digests */
+
+/* SHA-256 through OpenSSL (SHA-NI / AVX2 code paths), fetched once: an implicit fetch per chunk
+ * would take the provider store's lock on every call. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    ERR_clear_error();
+}
+
+static int digest_available(void)
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    return sha256_md != NULL;
+}
+
+static int chunk_sha256(EVP_MD_CTX *md, const uint8_t *data, size_t len,
+                        uint8_t out[ST_DIGEST_SIZE], unsigned long *perr)
+{
+    unsigned int outl = 0;
+    if (EVP_DigestInit_ex2(md, sha256_md, NULL) != 1 || EVP_DigestUpdate(md, data, len) != 1 ||
+        EVP_DigestFinal_ex(md, out, &outl) != 1 || outl != ST_DIGEST_SIZE) {
+        *perr = ERR_get_error();
+        ERR_clear_error();
+        return ST_E_PROVIDER;
+    }
+    return ST_OK;
+}
 
 static void record_failure(span_job *job, uint64_t rel, int code, unsigned long perr, int err)
 {
@@ -299,9 +340,23 @@ static int run_chunks(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, 
             const uint8_t *plain = job->src + rel * ST_CHUNK_SIZE;
             uint8_t *out = job->dst + rel * ST_ENCRYPTED_CHUNK_SIZE;
             rc = job->ops->seal(pstate, nonce, NULL, 0, plain, len, out, out + len, &perr);
+            if (rc == ST_OK && job->digests_out)
+                rc = chunk_sha256(w->md, out, len + ST_TAG_SIZE,
+                                  job->digests_out + rel * ST_DIGEST_SIZE, &perr);
         } else {
             const uint8_t *in = ct + (rel - lo) * ST_ENCRYPTED_CHUNK_SIZE;
             uint8_t *out = job->dst + rel * ST_CHUNK_SIZE;
+            if (job->digests) { /* the stored bytes must be what was signed before any AES work */
+                uint8_t got[ST_DIGEST_SIZE];
+                rc = chunk_sha256(w->md, in, len + ST_TAG_SIZE, got, &perr);
+                if (rc == ST_OK &&
+                    CRYPTO_memcmp(got, job->digests + rel * ST_DIGEST_SIZE, ST_DIGEST_SIZE) != 0)
+                    rc = ST_E_DIGEST;
+                if (rc != ST_OK) {
+                    record_failure(job, rel, rc, perr, 0);
+                    return 0;
+                }
+            }
             rc = job->ops->open(pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
             if (rc == ST_OK) { /* only authenticated plaintext reaches the destination */
 #if ST_HAVE_STREAM
@@ -551,9 +606,22 @@ static int resolve_threads(int threads)
     return threads > ST_MAX_THREADS ? ST_MAX_THREADS : threads;
 }
 
+/* One chunk, 64-byte aligned, into *out; 0 when out of memory (*out untouched). */
+static int bounce_new(uint8_t **out)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, ST_CHUNK_SIZE) != 0)
+        return 0;
+    *out = p;
+    return 1;
+}
+
+/* Free what the calling thread's worker holds (any field may still be NULL). */
 static void worker_release(const span_job *job, worker *w)
 {
-    job->ops->worker_free(w->pstate);
+    if (w->pstate)
+        job->ops->worker_free(w->pstate);
+    EVP_MD_CTX_free(w->md);
     free(w->readbuf);
     if (w->bounce) {
         st_wipe(w->bounce, ST_CHUNK_SIZE);
@@ -595,6 +663,9 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
     job->fail_errno = 0;
     job->pending = 0;
     int need_readbuf = !job->src && !job->encrypt;
+    int hashing = job->digests || job->digests_out;
+    if (hashing && !digest_available())
+        return finish(status, ST_E_PROVIDER, -1, 0, 0);
 
     unsigned long perr = 0;
     void *keystate = NULL;
@@ -614,20 +685,13 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
     worker *self = &workers[0];
     self->job = job;
     rc = job->ops->worker_new(keystate, job->encrypt, &self->pstate, &perr);
-    if (rc == ST_OK && need_readbuf &&
-        !(self->readbuf = malloc((size_t)batch * ST_ENCRYPTED_CHUNK_SIZE))) {
-        job->ops->worker_free(self->pstate);
-        rc = ST_E_NOMEM;
-    }
+    if (rc != ST_OK)
+        self->pstate = NULL;
     /* no bounce buffer, no decryption: never decrypt into the destination in place */
-    if (rc == ST_OK && !job->encrypt &&
-        posix_memalign((void **)&self->bounce, 64, ST_CHUNK_SIZE) != 0) {
-        self->bounce = NULL;
-        job->ops->worker_free(self->pstate);
-        free(self->readbuf);
-        rc = ST_E_NOMEM;
-    }
-    if (rc == ST_OK && pthread_mutex_init(&job->lock, NULL) != 0) {
+    else if ((need_readbuf && !(self->readbuf = malloc((size_t)batch * ST_ENCRYPTED_CHUNK_SIZE))) ||
+             (!job->encrypt && !bounce_new(&self->bounce)) ||
+             (hashing && !(self->md = EVP_MD_CTX_new())) ||
+             pthread_mutex_init(&job->lock, NULL) != 0) {
         worker_release(job, self);
         rc = ST_E_NOMEM;
     }
@@ -648,13 +712,15 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
         w->job = job;
         if (need_readbuf && !h->readbuf && !(h->readbuf = malloc(ST_READBUF_LEN)))
             break;
-        if (!job->encrypt && !h->bounce &&
-            posix_memalign((void **)&h->bounce, 64, ST_CHUNK_SIZE) != 0) {
-            h->bounce = NULL; /* this helper sits this call out; the next one tries again */
+        if (!job->encrypt && !h->bounce && !bounce_new(&h->bounce))
+            break; /* this helper sits this call out; the next one tries again */
+        if (hashing && !(w->md = EVP_MD_CTX_new()))
+            break;
+        if (job->ops->worker_new(keystate, job->encrypt, &w->pstate, &perr) != ST_OK) {
+            EVP_MD_CTX_free(w->md);
+            w->md = NULL;
             break;
         }
-        if (job->ops->worker_new(keystate, job->encrypt, &w->pstate, &perr) != ST_OK)
-            break;
         w->readbuf = need_readbuf ? h->readbuf : NULL;
         w->bounce = job->encrypt ? NULL : h->bounce;
     }
@@ -679,8 +745,10 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
     }
 
     worker_release(job, self);
-    for (int i = 1; i <= ready; i++)
-        job->ops->worker_free(workers[i].pstate); /* the buffers stay with the helper */
+    for (int i = 1; i <= ready; i++) { /* the read and bounce buffers stay with the helper */
+        job->ops->worker_free(workers[i].pstate);
+        EVP_MD_CTX_free(workers[i].md);
+    }
     free(workers);
     free(helpers);
     job->ops->key_free(keystate);
@@ -718,11 +786,28 @@ static int counter_range_ok(uint64_t first_chunk, uint64_t count)
     return st_add_u64(first_chunk, count, &end) && end <= ST_MAX_CHUNKS;
 }
 
+static int ranges_overlap(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
+    return alen && blen && a0 < b0 + blen && b0 < a0 + alen;
+}
+
+/* Whether a digest array fits a span of `count` chunks: none (NULL, 0) or exactly 32 per chunk. */
+static int digests_fit(const uint8_t *digests, size_t digests_len, uint64_t count)
+{
+    uint64_t want;
+    if (!digests)
+        return digests_len == 0;
+    return st_mul_u64(count, ST_DIGEST_SIZE, &want) && want == digests_len;
+}
+
 static int decrypt_common(span_job *job, int provider, const uint8_t *key, const uint8_t *base_nonce,
                           uint64_t first_chunk, size_t src_len, uint8_t *dst, size_t dst_len,
-                          int final, int threads, st_status *status)
+                          const uint8_t *digests, size_t digests_len, int final, int threads,
+                          st_status *status)
 {
-    if (!key || !base_nonce || (dst_len && !dst) || threads < 0)
+    if (!key || !base_nonce || (dst_len && !dst) || threads < 0 || (!digests && digests_len) ||
+        ranges_overlap(digests, digests_len, dst, dst_len))
         return finish(status, ST_E_ARG, -1, 0, 0);
     size_t plain;
     if (!span_plaintext_length(src_len, final, &plain)) {
@@ -733,12 +818,13 @@ static int decrypt_common(span_job *job, int provider, const uint8_t *key, const
     if (dst_len != plain)
         return finish(status, ST_E_ARG, -1, 0, 0);
     uint64_t count = plain / ST_CHUNK_SIZE + (final ? 1 : 0);
-    if (!counter_range_ok(first_chunk, count))
+    if (!counter_range_ok(first_chunk, count) || !digests_fit(digests, digests_len, count))
         return finish(status, ST_E_ARG, -1, 0, 0);
     if (count == 0)
         return finish(status, ST_OK, -1, 0, 0);
 
     job->encrypt = 0;
+    job->digests = digests;
     memcpy(job->base_nonce, base_nonce, ST_NONCE_SIZE);
     job->first_chunk = first_chunk;
     job->nchunks = count;
@@ -752,20 +838,16 @@ static int decrypt_common(span_job *job, int provider, const uint8_t *key, const
         rc = finish(status, ST_E_IO, (int64_t)first_chunk, 0, EINVAL); /* as pread would fail */
     else
         rc = run_job(job, provider, key, threads, status);
+    st_wipe(job->base_nonce, ST_NONCE_SIZE);
     if (rc != ST_OK)
         st_wipe(dst, dst_len); /* no unauthenticated plaintext escapes */
     return rc;
 }
 
-static int ranges_overlap(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
-{
-    uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
-    return alen && blen && a0 < b0 + blen && b0 < a0 + alen;
-}
-
 int st_decrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len, int final, int threads, st_status *status)
+                        size_t dst_len, const uint8_t *digests, size_t digests_len, int final,
+                        int threads, st_status *status)
 {
     span_job job;
     memset(&job, 0, sizeof job);
@@ -773,29 +855,33 @@ int st_decrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_no
         return finish(status, ST_E_ARG, -1, 0, 0);
     job.src = src ? src : (const uint8_t *)"";
     job.fd = -1;
-    return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len, final,
-                          threads, status);
+    return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len,
+                          digests, digests_len, final, threads, status);
 }
 
 int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_nonce,
                        uint64_t first_chunk, int fd, int64_t file_offset, size_t src_len,
-                       uint8_t *dst, size_t dst_len, int final, int threads, st_status *status)
+                       uint8_t *dst, size_t dst_len, const uint8_t *digests, size_t digests_len,
+                       int final, int threads, st_status *status)
 {
     span_job job;
     memset(&job, 0, sizeof job);
     job.src = NULL;
     job.fd = fd;
     job.file_offset = file_offset;
-    return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len, final,
-                          threads, status);
+    return decrypt_common(&job, provider, key, base_nonce, first_chunk, src_len, dst, dst_len,
+                          digests, digests_len, final, threads, status);
 }
 
 int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len, int final, int threads, st_status *status)
+                        size_t dst_len, uint8_t *digests_out, size_t digests_len, int final,
+                        int threads, st_status *status)
 {
     if (!key || !base_nonce || (src_len && !src) || (dst_len && !dst) || threads < 0 ||
-        ranges_overlap(src, src_len, dst, dst_len))
+        ranges_overlap(src, src_len, dst, dst_len) || (!digests_out && digests_len) ||
+        ranges_overlap(digests_out, digests_len, src, src_len) ||
+        ranges_overlap(digests_out, digests_len, dst, dst_len))
         return finish(status, ST_E_ARG, -1, 0, 0);
     if (!final && src_len % ST_CHUNK_SIZE)
         return finish(status, ST_E_ARG, -1, 0, 0);
@@ -804,7 +890,7 @@ int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_no
     if (!st_mul_u64(count, ST_TAG_SIZE, &tags) || !st_add_u64(src_len, tags, &expected) ||
         expected != dst_len)
         return finish(status, ST_E_ARG, -1, 0, 0);
-    if (!counter_range_ok(first_chunk, count))
+    if (!counter_range_ok(first_chunk, count) || !digests_fit(digests_out, digests_len, count))
         return finish(status, ST_E_ARG, -1, 0, 0);
     if (count == 0)
         return finish(status, ST_OK, -1, 0, 0);
@@ -820,9 +906,13 @@ int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_no
     job.dst = dst;
     job.fd = -1;
     job.src_len = src_len;
+    job.digests_out = digests_out;
     int rc = run_job(&job, provider, key, threads, status);
-    if (rc != ST_OK)
+    st_wipe(job.base_nonce, ST_NONCE_SIZE);
+    if (rc != ST_OK) {
         st_wipe(dst, dst_len);
+        st_wipe(digests_out, digests_len);
+    }
     return rc;
 }
 

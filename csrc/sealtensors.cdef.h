@@ -7,6 +7,7 @@
 #define ST_E_NOMEM 5
 #define ST_E_PROVIDER 6
 #define ST_E_VERSION 7
+#define ST_E_DIGEST 8
 
 #define ST_PROVIDER_AUTO 0
 #define ST_PROVIDER_IPSECMB 1
@@ -21,13 +22,16 @@ typedef struct st_status {
 
 int st_decrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len, int final, int threads, st_status *status);
+                        size_t dst_len, const uint8_t *digests, size_t digests_len, int final,
+                        int threads, st_status *status);
 int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_nonce,
                        uint64_t first_chunk, int fd, int64_t file_offset, size_t src_len,
-                       uint8_t *dst, size_t dst_len, int final, int threads, st_status *status);
+                       uint8_t *dst, size_t dst_len, const uint8_t *digests, size_t digests_len,
+                       int final, int threads, st_status *status);
 int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len, int final, int threads, st_status *status);
+                        size_t dst_len, uint8_t *digests_out, size_t digests_len, int final,
+                        int threads, st_status *status);
 
 int st_aead_seal(int provider, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
                  size_t aad_len, const uint8_t *plaintext, size_t pt_len, uint8_t *ciphertext_out,
@@ -40,6 +44,7 @@ size_t st_key_size(void);
 size_t st_nonce_size(void);
 size_t st_tag_size(void);
 size_t st_chunk_size(void);
+size_t st_digest_size(void);
 uint64_t st_max_chunks(void);
 
 const char *st_version(void);

@@ -23,6 +23,7 @@ extern "C" {
 #define ST_CHUNK_SIZE 16384
 #define ST_ENCRYPTED_CHUNK_SIZE (ST_CHUNK_SIZE + ST_TAG_SIZE)
 #define ST_MAX_CHUNKS (UINT64_C(1) << 38)
+#define ST_DIGEST_SIZE 32 /* SHA-256 of one stored chunk: its ciphertext and its tag */
 
 /* Status codes. */
 #define ST_OK 0
@@ -33,6 +34,7 @@ extern "C" {
 #define ST_E_NOMEM 5    /* an allocation failed */
 #define ST_E_PROVIDER 6 /* the AES provider is unavailable or failed; provider_error holds ERR code */
 #define ST_E_VERSION 7  /* st_check_version: the compiled engine belongs to another package version */
+#define ST_E_DIGEST 8   /* a chunk's SHA-256 is not the expected digest (checked before decrypting) */
 
 /* AES providers. */
 #define ST_PROVIDER_AUTO 0    /* ipsec-mb when compiled in and usable on this CPU, else OpenSSL */
@@ -47,22 +49,33 @@ typedef struct st_status {
 } st_status;
 
 /* Decrypt the span `src` (ciphertext chunks) into `dst` (exactly the span's plaintext). On any
- * failure all of `dst` is wiped. `src` and `dst` must not overlap. threads = 0: the default. */
+ * failure all of `dst` is wiped. `src` and `dst` must not overlap. threads = 0: the default.
+ *
+ * `digests` (NULL and 0 for none): ST_DIGEST_SIZE bytes per chunk of the span, each the expected
+ * SHA-256 of that chunk as stored (its ciphertext followed by its tag). Each chunk is hashed and
+ * compared (in constant time) before it is decrypted; a mismatch is ST_E_DIGEST at that chunk (the
+ * lowest failing chunk wins, as for ST_E_AUTH). `digests_len` must be exactly chunks * 32, and
+ * `digests` must not overlap `dst`. */
 int st_decrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len, int final, int threads, st_status *status);
+                        size_t dst_len, const uint8_t *digests, size_t digests_len, int final,
+                        int threads, st_status *status);
 
 /* Same, reading the `src_len` ciphertext bytes at `file_offset` of `fd` with pread (the file
  * position is untouched). A file that ends early is ST_E_LENGTH at the chunk where data ran out,
  * unless a lower chunk fails authentication. */
 int st_decrypt_span_fd(int provider, const uint8_t *key, const uint8_t *base_nonce,
                        uint64_t first_chunk, int fd, int64_t file_offset, size_t src_len,
-                       uint8_t *dst, size_t dst_len, int final, int threads, st_status *status);
+                       uint8_t *dst, size_t dst_len, const uint8_t *digests, size_t digests_len,
+                       int final, int threads, st_status *status);
 
-/* Encrypt the plaintext `src` into `dst` (exactly the span's ciphertext length). */
+/* Encrypt the plaintext `src` into `dst` (exactly the span's ciphertext length). `digests_out`
+ * (NULL and 0 for none; exactly chunks * 32 bytes, overlapping neither buffer) receives the SHA-256
+ * of every ciphertext chunk produced, tag included; it is wiped on failure. */
 int st_encrypt_span_mem(int provider, const uint8_t *key, const uint8_t *base_nonce,
                         uint64_t first_chunk, const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len, int final, int threads, st_status *status);
+                        size_t dst_len, uint8_t *digests_out, size_t digests_len, int final,
+                        int threads, st_status *status);
 
 /* One AES-256-GCM message (32-byte key, 12-byte nonce, 16-byte tag) with `aad_len` bytes of AAD,
  * on the calling thread. Seal writes `pt_len` bytes of ciphertext and the tag; open verifies `tag`
@@ -81,6 +94,7 @@ size_t st_key_size(void);
 size_t st_nonce_size(void);
 size_t st_tag_size(void);
 size_t st_chunk_size(void);
+size_t st_digest_size(void);
 uint64_t st_max_chunks(void);
 
 const char *st_version(void);

@@ -186,11 +186,11 @@ static void fuzz_random_decrypt(reader *r, int use_fd)
         case 2: file_offset = INT64_MAX - (int64_t)((offset_sel >> 16) & 0xffff); break;
         default: file_offset = (int64_t)lead + (int64_t)((offset_sel >> 16) & 0xffff); break;
         }
-        rc = st_decrypt_span_fd(provider, key, nonce, first, fd, file_offset, src_len, dst, dst_len,
+        rc = st_decrypt_span_fd(provider, key, nonce, first, fd, file_offset, src_len, dst, dst_len, NULL, 0,
                                 final, threads, &st);
         close(fd);
     } else {
-        rc = st_decrypt_span_mem(provider, key, nonce, first, src, src_len, dst, dst_len, final,
+        rc = st_decrypt_span_mem(provider, key, nonce, first, src, src_len, dst, dst_len, NULL, 0, final,
                                  threads, &st);
     }
     check_status(rc, &st);
@@ -250,7 +250,7 @@ static void fuzz_round_trip(reader *r)
     threads = threads < 0 ? 0 : threads;
     threads2 = threads2 < 0 ? 1 : threads2;
     int ok_provider = usable(provider) && usable(provider2);
-    int rc = st_encrypt_span_mem(provider, key, nonce, first, plain, plain_len, ct, ct_len, final,
+    int rc = st_encrypt_span_mem(provider, key, nonce, first, plain, plain_len, ct, ct_len, NULL, 0, final,
                                  threads, &st);
     check_status(rc, &st);
     if (!counter_ok(first, count)) {
@@ -267,7 +267,7 @@ static void fuzz_round_trip(reader *r)
 
     /* memory, another provider and thread count */
     memset(out, 0xA5, plain_len);
-    rc = st_decrypt_span_mem(provider2, key, nonce, first, ct, ct_len, out, plain_len, final,
+    rc = st_decrypt_span_mem(provider2, key, nonce, first, ct, ct_len, out, plain_len, NULL, 0, final,
                              threads2, &st);
     check_status(rc, &st);
     CHECK(rc == ST_OK);
@@ -279,7 +279,7 @@ static void fuzz_round_trip(reader *r)
     size_t keep = ct_len - (size_t)(cut % 4 == 0 ? 0 : cut % (ct_len + 1));
     CHECK(pwrite(fd, ct, keep, 7) == (ssize_t)keep || keep == 0);
     memset(out, 0xA5, plain_len);
-    rc = st_decrypt_span_fd(provider2, key, nonce, first, fd, 7, ct_len, out, plain_len, final,
+    rc = st_decrypt_span_fd(provider2, key, nonce, first, fd, 7, ct_len, out, plain_len, NULL, 0, final,
                             threads, &st);
     check_status(rc, &st);
     close(fd);
@@ -297,7 +297,7 @@ static void fuzz_round_trip(reader *r)
         size_t at = (size_t)(flip_at % ct_len);
         ct[at] ^= (uint8_t)(1u << (flip_at >> 29));
         memset(out, 0xA5, plain_len);
-        rc = st_decrypt_span_mem(provider, key, nonce, first, ct, ct_len, out, plain_len, final,
+        rc = st_decrypt_span_mem(provider, key, nonce, first, ct, ct_len, out, plain_len, NULL, 0, final,
                                  threads2, &st);
         check_status(rc, &st);
         CHECK(rc == ST_E_AUTH);
@@ -331,7 +331,7 @@ static void fuzz_huge_claims(reader *r)
             (final || src_len % ST_CHUNK_SIZE == 0) && count > 0)
             dst_len ^= 1; /* would be a real (huge) encryption: make it a mismatch instead */
         rc = st_encrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, first, guard_page, src_len,
-                                 guard_page + 1, dst_len, final, 1, &st);
+                                 guard_page + 1, dst_len, NULL, 0, final, 1, &st);
         check_status(rc, &st);
         CHECK(rc == ST_E_ARG || (rc == ST_OK && src_len == 0 && !final && dst_len == 0));
         return;
@@ -345,10 +345,10 @@ static void fuzz_huge_claims(reader *r)
     uint8_t *dst = possible ? guard_page + 1 : NULL;
     if (which == 0)
         rc = st_decrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, first, guard_page + 2, src_len,
-                                 dst, dst_len, final, 1, &st);
+                                 dst, dst_len, NULL, 0, final, 1, &st);
     else
         rc = st_decrypt_span_fd(ST_PROVIDER_OPENSSL, key, nonce, first, -1, 0, src_len, dst,
-                                dst_len, final, 1, &st);
+                                dst_len, NULL, 0, final, 1, &st);
     check_status(rc, &st);
     if (possible && dst_len == 0 && plain == 0 && span_chunks(0, final) == 0 && counter_ok(first, 0))
         CHECK(rc == ST_OK); /* an empty non-final span: nothing to do */

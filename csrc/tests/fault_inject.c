@@ -163,23 +163,23 @@ static void run(op_t op, int provider, int threads, int which, long nth, int fro
     set_plan(which, nth, from);
     switch (op) {
     case OP_DEC_MEM:
-        rc = st_decrypt_span_mem(provider, key, nonce, FIRST, ciphertext, CIPHER, out, PLAIN, 1,
+        rc = st_decrypt_span_mem(provider, key, nonce, FIRST, ciphertext, CIPHER, out, PLAIN, NULL, 0, 1,
                                  threads, &s);
         want = plaintext, out_len = PLAIN;
         break;
     case OP_DEC_FD:
-        rc = st_decrypt_span_fd(provider, key, nonce, FIRST, fd, 0, CIPHER, out, PLAIN, 1, threads,
+        rc = st_decrypt_span_fd(provider, key, nonce, FIRST, fd, 0, CIPHER, out, PLAIN, NULL, 0, 1, threads,
                                 &s);
         want = plaintext, out_len = PLAIN;
         break;
     case OP_ENC:
-        rc = st_encrypt_span_mem(provider, key, nonce, FIRST, plaintext, PLAIN, out, CIPHER, 1,
+        rc = st_encrypt_span_mem(provider, key, nonce, FIRST, plaintext, PLAIN, out, CIPHER, NULL, 0, 1,
                                  threads, &s);
         want = ciphertext, out_len = CIPHER;
         break;
     case OP_TAMPERED:
         snap_dst = out, snap_off = (size_t)BAD_LOW * ST_CHUNK_SIZE, snapped = 0;
-        rc = st_decrypt_span_mem(provider, key, nonce, FIRST, tampered, CIPHER, out, PLAIN, 1,
+        rc = st_decrypt_span_mem(provider, key, nonce, FIRST, tampered, CIPHER, out, PLAIN, NULL, 0, 1,
                                  threads, &s);
         want = NULL, out_len = PLAIN;
         break;
@@ -262,7 +262,7 @@ int main(int argc, char **argv)
             continue;
         }
         st_status s;
-        if (st_encrypt_span_mem(provider, key, nonce, FIRST, plaintext, PLAIN, ciphertext, CIPHER, 1,
+        if (st_encrypt_span_mem(provider, key, nonce, FIRST, plaintext, PLAIN, ciphertext, CIPHER, NULL, 0, 1,
                                 1, &s) != ST_OK)
             return 3;
         if (st_aead_seal(provider, key, nonce, nonce, sizeof nonce, plaintext, 5000, aead_ct,

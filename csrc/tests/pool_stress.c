@@ -69,13 +69,13 @@ static int atfork_failure_check(void)
         uint8_t *out = malloc(PLAIN);
         st_status status;
         int ok = out && st_decrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, reference, CIPHER,
-                                            out, PLAIN, 1, 4, &status) == ST_OK &&
+                                            out, PLAIN, NULL, 0, 1, 4, &status) == ST_OK &&
                  memcmp(out, plaintext, PLAIN) == 0;
         pid_t grandchild = fork();
         if (grandchild == 0) {
             alarm(20); /* a child waiting for helpers that do not exist dies here */
             int rc = st_decrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, reference, CIPHER, out,
-                                         PLAIN, 1, 4, &status);
+                                         PLAIN, NULL, 0, 1, 4, &status);
             _exit(rc == ST_OK && memcmp(out, plaintext, PLAIN) == 0 ? 0 : 1);
         }
         int wstatus = 0;
@@ -112,12 +112,12 @@ static void *caller(void *arg)
     for (int round = 0; round < a->rounds; round++) {
         int threads = (round * 7 + a->id * 5) % 17; /* 0 = the default */
         /* encryption agrees with the single-threaded reference */
-        int rc = st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, ct, CIPHER, 1,
+        int rc = st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, ct, CIPHER, NULL, 0, 1,
                                      threads, &status);
         if (rc != ST_OK || memcmp(ct, reference, CIPHER) != 0)
             fail("encrypt", a->id, threads, rc, status.chunk_index);
         /* decryption round trip */
-        rc = st_decrypt_span_mem(provider, key, nonce, 5, ct, CIPHER, out, PLAIN, 1, threads,
+        rc = st_decrypt_span_mem(provider, key, nonce, 5, ct, CIPHER, out, PLAIN, NULL, 0, 1, threads,
                                  &status);
         if (rc != ST_OK || memcmp(out, plaintext, PLAIN) != 0)
             fail("decrypt", a->id, threads, rc, status.chunk_index);
@@ -127,30 +127,30 @@ static void *caller(void *arg)
         for (int c = high; c <= CHUNKS; c++)
             ct[(size_t)c * ST_ENCRYPTED_CHUNK_SIZE] ^= 2;
         memset(out, 0xaa, PLAIN);
-        rc = st_decrypt_span_mem(provider, key, nonce, 5, ct, CIPHER, out, PLAIN, 1, threads,
+        rc = st_decrypt_span_mem(provider, key, nonce, 5, ct, CIPHER, out, PLAIN, NULL, 0, 1, threads,
                                  &status);
         if (rc != ST_E_AUTH || status.chunk_index != 5 + low || !all_zero(out, PLAIN))
             fail("tampered decrypt", a->id, threads, rc, status.chunk_index);
         /* pread path over the untampered file */
-        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->fd, 100, CIPHER, out, PLAIN, 1, threads,
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->fd, 100, CIPHER, out, PLAIN, NULL, 0, 1, threads,
                                 &status);
         if (rc != ST_OK || memcmp(out, plaintext, PLAIN) != 0)
             fail("decrypt fd", a->id, threads, rc, status.chunk_index);
         /* a file that ends early: truncated at the chunk where data runs out */
-        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->cut_fd, 0, CIPHER, out, PLAIN, 1,
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->cut_fd, 0, CIPHER, out, PLAIN, NULL, 0, 1,
                                 threads, &status);
         if (rc != ST_E_LENGTH || status.chunk_index != (int64_t)(5 + CUT / ST_ENCRYPTED_CHUNK_SIZE) ||
             !all_zero(out, PLAIN))
             fail("truncated fd", a->id, threads, rc, status.chunk_index);
         /* an unreadable file: every batch fails to read; the first chunk is reported */
         memset(out, 0xaa, PLAIN);
-        rc = st_decrypt_span_fd(provider, key, nonce, 5, -1, 0, CIPHER, out, PLAIN, 1, threads,
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, -1, 0, CIPHER, out, PLAIN, NULL, 0, 1, threads,
                                 &status);
         if (rc != ST_E_IO || status.chunk_index != 5 || !all_zero(out, PLAIN))
             fail("unreadable fd", a->id, threads, rc, status.chunk_index);
         /* a span too short to split (10 chunks), between the parallel ones */
         rc = st_decrypt_span_mem(provider, key, nonce, 5, reference, 10 * ST_ENCRYPTED_CHUNK_SIZE,
-                                 out, 10 * ST_CHUNK_SIZE, 0, threads, &status);
+                                 out, 10 * ST_CHUNK_SIZE, NULL, 0, 0, threads, &status);
         if (rc != ST_OK || memcmp(out, plaintext, 10 * ST_CHUNK_SIZE) != 0)
             fail("short span", a->id, threads, rc, status.chunk_index);
     }
@@ -182,7 +182,7 @@ int main(int argc, char **argv)
     unlink(cut_path);
 
     st_status setup;
-    if (st_encrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, plaintext, PLAIN, reference, CIPHER,
+    if (st_encrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, plaintext, PLAIN, reference, CIPHER, NULL, 0,
                             1, 1, &setup) != ST_OK)
         return 3;
     if (atfork_failure_check() != 0) /* first: no helper thread exists yet in this process */
@@ -196,7 +196,7 @@ int main(int argc, char **argv)
             continue;
         }
         st_status status;
-        if (st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, reference, CIPHER, 1, 1,
+        if (st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, reference, CIPHER, NULL, 0, 1, 1,
                                 &status) != ST_OK)
             return 3;
         if (ftruncate(fd, 0) != 0 || pwrite(fd, "x", 1, 99) != 1 ||

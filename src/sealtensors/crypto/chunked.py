@@ -200,28 +200,36 @@ def _range_geometry(message_len: int, first: int, stop: int) -> tuple[int, int, 
 
 
 def decrypt_chunk_range_into(keys: MessageKeys, message, first: int, stop: int, dst, *,
-                             threads: int = 0) -> None:
+                             threads: int = 0, digests=None) -> None:
     """Decrypt chunks [first, stop) of ``message`` (the whole message's bytes, e.g. an mmap) into
     ``dst``, which must hold exactly their plaintext. ``keys`` come from :func:`open_message`.
 
     The message length is authenticated by the caller (a sealed file's header MAC covers it); a
     range that ends at the final chunk also authenticates it through that chunk's nonce.
+
+    ``digests``: None, or 32 bytes per chunk of [first, stop), the expected SHA-256 of each stored
+    chunk (ciphertext and tag), e.g. from a publisher's signed manifest. Every chunk is checked
+    before it is decrypted; a mismatch wipes ``dst`` and raises
+    :class:`~sealtensors.errors.SignatureError` with the lowest failing ``chunk_index``.
     """
     source = memoryview(message).cast("B")
     offset, ct_len, plain_len, final = _range_geometry(len(source), first, stop)
     if len(memoryview(dst).cast("B")) != plain_len:
         raise ValueError(f"destination must hold exactly {plain_len} bytes")
     _backends.engine().decrypt_span(keys.aead_key, keys.base_nonce, first,
-                                    source[offset:offset + ct_len], dst, final=final, threads=threads)
+                                    source[offset:offset + ct_len], dst, final=final, threads=threads,
+                                    digests=digests)
 
 
 def decrypt_chunk_range_fd_into(keys: MessageKeys, fd: int, message_offset: int, message_len: int,
-                                first: int, stop: int, dst, *, threads: int = 0) -> None:
-    """Like :func:`decrypt_chunk_range_into`, reading the message from file descriptor ``fd`` where it
-    starts at ``message_offset`` and is ``message_len`` bytes long (pread; the fd's position is kept)."""
+                                first: int, stop: int, dst, *, threads: int = 0,
+                                digests=None) -> None:
+    """Like :func:`decrypt_chunk_range_into` (``digests`` included), reading the message from file
+    descriptor ``fd`` where it starts at ``message_offset`` and is ``message_len`` bytes long (pread;
+    the fd's position is kept)."""
     offset, ct_len, plain_len, final = _range_geometry(message_len, first, stop)
     if len(memoryview(dst).cast("B")) != plain_len:
         raise ValueError(f"destination must hold exactly {plain_len} bytes")
     _backends.engine().decrypt_span_fd(keys.aead_key, keys.base_nonce, first, fd,
                                        message_offset + offset, ct_len, dst, final=final,
-                                       threads=threads)
+                                       threads=threads, digests=digests)

@@ -6,6 +6,8 @@ status code; this module turns it into the exception the Python engine would rai
 
 - authentication failure or a truncated span -> :class:`IntegrityError` with ``chunk_index`` (the
   lowest failing chunk, whatever the thread timing), the destination wiped;
+- a chunk that does not match its expected SHA-256 digest -> :class:`SignatureError` (an
+  IntegrityError) with ``chunk_index``, the destination wiped;
 - bad argument -> ``ValueError``; read failure -> ``OSError``; allocation failure -> ``MemoryError``;
   provider failure -> :class:`BackendError`.
 
@@ -29,14 +31,16 @@ import re
 from .. import _version
 from .spec import (
     CHUNK_SIZE,
+    DIGEST_SIZE,
     KEY_SIZE,
     MAX_CHUNKS,
     NONCE_SIZE,
     TAG_SIZE,
+    chunk_digests_view,
     validate_span,
 )
 from ..crypto.aead import _check as _aead_check
-from ..errors import BackendError, IntegrityError
+from ..errors import BackendError, IntegrityError, SignatureError
 
 try:
     from .._native import ffi, lib
@@ -49,7 +53,8 @@ if lib.st_check_version(_version.__version__.encode()) != lib.ST_OK:
         f"the package is {_version.__version__}: rebuild it (pip install -e .)"
     )
 if (lib.st_key_size(), lib.st_nonce_size(), lib.st_tag_size(), lib.st_chunk_size(),
-        lib.st_max_chunks()) != (KEY_SIZE, NONCE_SIZE, TAG_SIZE, CHUNK_SIZE, MAX_CHUNKS):
+        lib.st_max_chunks(), lib.st_digest_size()) != (KEY_SIZE, NONCE_SIZE, TAG_SIZE, CHUNK_SIZE,
+                                                       MAX_CHUNKS, DIGEST_SIZE):
     raise ImportError("sealtensors._native disagrees with _engine_api on the chunk geometry")
 
 PROVIDERS = {"ipsecmb": lib.ST_PROVIDER_IPSECMB, "openssl": lib.ST_PROVIDER_OPENSSL}
@@ -193,6 +198,9 @@ class CEngine:
         index = status.chunk_index if status.chunk_index >= 0 else None
         if code == lib.ST_E_AUTH:
             raise IntegrityError("chunk failed authentication", chunk_index=index)
+        if code == lib.ST_E_DIGEST:
+            raise SignatureError(f"data chunk {index} does not match the publisher's signature",
+                                 chunk_index=index)
         if code == lib.ST_E_LENGTH:
             if fd_read:
                 raise IntegrityError("file ended inside a chunk (truncated)", chunk_index=index)
@@ -212,16 +220,18 @@ class CEngine:
 
     # -- engine protocol --------------------------------------------------------------------
 
-    def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+    def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0,
+                     digests_out=None):
         self._span_mem(lib.st_encrypt_span_mem, False, aead_key, base_nonce, first_chunk, src, dst,
-                       final, threads)
+                       final, threads, digests_out)
 
-    def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+    def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0,
+                     digests=None):
         self._span_mem(lib.st_decrypt_span_mem, True, aead_key, base_nonce, first_chunk, src, dst,
-                       final, threads)
+                       final, threads, digests)
 
     def _span_mem(self, entry, decrypting, aead_key, base_nonce, first_chunk, src, dst, final,
-                  threads):
+                  threads, digests):
         threads = _check_threads(threads)
         held = []
         try:
@@ -230,21 +240,25 @@ class CEngine:
             target, dst_len = _target(dst)
             _hold(held, target)
             try:
-                validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len, final=final,
-                              decrypting=decrypting)
+                count = validate_span(aead_key, base_nonce, first_chunk, src_len, dst_len,
+                                      final=final, decrypting=decrypting)
             except IntegrityError:  # only decryption reports impossible lengths this way
                 lib.st_wipe(target, dst_len)
                 raise
+            view = chunk_digests_view(digests, count, writable=not decrypting)
+            table = _hold(held, _address(view, not decrypting)) if view is not None else ffi.NULL
             status = ffi.new("st_status *")
-            rc = entry(self._provider, bytes(aead_key), bytes(base_nonce), first_chunk, source,
-                       src_len, target, dst_len, bool(final), threads, status)
+            key = _hold(held, _address(aead_key, False))
+            nonce = _hold(held, _address(base_nonce, False))
+            rc = entry(self._provider, key, nonce, first_chunk, source, src_len, target, dst_len,
+                       table, view.nbytes if view is not None else 0, bool(final), threads, status)
         finally:
             _release(*held)
         if rc != lib.ST_OK:
             self._raise(status)
 
     def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
-                        final, threads=0):
+                        final, threads=0, digests=None):
         threads = _check_threads(threads)
         held = []
         try:
@@ -256,15 +270,20 @@ class CEngine:
             except IntegrityError:
                 lib.st_wipe(target, dst_len)
                 raise
+            view = chunk_digests_view(digests, count, writable=False)
             if not count:
                 return  # an empty span reads nothing, whatever the offset (as the Python engine)
             if offset < 0 or offset + length > (1 << 63) - 1:
                 lib.st_wipe(target, dst_len)
                 raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
+            table = _hold(held, _address(view, False)) if view is not None else ffi.NULL
             status = ffi.new("st_status *")
-            rc = lib.st_decrypt_span_fd(self._provider, bytes(aead_key), bytes(base_nonce),
-                                        first_chunk, int(fd), offset, length, target, dst_len,
-                                        bool(final), threads, status)
+            key = _hold(held, _address(aead_key, False))
+            nonce = _hold(held, _address(base_nonce, False))
+            rc = lib.st_decrypt_span_fd(self._provider, key, nonce, first_chunk, int(fd), offset,
+                                        length, target, dst_len, table,
+                                        view.nbytes if view is not None else 0, bool(final),
+                                        threads, status)
         finally:
             _release(*held)
         if rc != lib.ST_OK:

@@ -5,12 +5,22 @@ It is the reference the C engine must agree with byte for byte and error for err
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 
 from Crypto.Cipher import AES
 
-from .spec import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, TAG_SIZE, chunk_nonce, validate_span
-from ..errors import IntegrityError
+from .spec import (
+    CHUNK_SIZE,
+    DIGEST_SIZE,
+    ENCRYPTED_CHUNK_SIZE,
+    TAG_SIZE,
+    chunk_digests_view,
+    chunk_nonce,
+    validate_span,
+)
+from ..errors import IntegrityError, SignatureError
 
 
 def _writable_bytes(buffer) -> memoryview:
@@ -41,12 +51,14 @@ class PythonEngine:
     def info(self) -> dict:
         return {"backend": "python", "provider": "pycryptodome", "cpu_path": "generic", "threads": 1}
 
-    def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+    def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0,
+                     digests_out=None):
         _check_threads(threads)
         source = _readable_bytes(src)
         target = _writable_bytes(dst)
         count = validate_span(aead_key, base_nonce, first_chunk, len(source), len(target),
                               final=final, decrypting=False)
+        table = chunk_digests_view(digests_out, count, writable=True)
         for i in range(count):
             plain = source[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
             out = i * ENCRYPTED_CHUNK_SIZE
@@ -54,12 +66,16 @@ class PythonEngine:
                              mac_len=TAG_SIZE)
             cipher.encrypt(plain, output=target[out:out + len(plain)])
             target[out + len(plain):out + len(plain) + TAG_SIZE] = cipher.digest()
+            if table is not None:
+                stored = target[out:out + len(plain) + TAG_SIZE]
+                table[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] = hashlib.sha256(stored).digest()
 
-    def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+    def decrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0,
+                     digests=None):
         _check_threads(threads)
-        self._decrypt(aead_key, base_nonce, first_chunk, src, dst, final=final)
+        self._decrypt(aead_key, base_nonce, first_chunk, src, dst, final=final, digests=digests)
 
-    def _decrypt(self, aead_key, base_nonce, first_chunk, src, dst, *, final):
+    def _decrypt(self, aead_key, base_nonce, first_chunk, src, dst, *, final, digests=None):
         source = _readable_bytes(src)
         target = _writable_bytes(dst)
         try:
@@ -68,6 +84,7 @@ class PythonEngine:
         except IntegrityError:
             _wipe(target)
             raise
+        table = chunk_digests_view(digests, count, writable=False)
         # Each chunk is decrypted into a private buffer and copied into ``target`` only once its
         # tag verified: another thread reading ``target`` never sees unauthenticated plaintext.
         bounce = bytearray(CHUNK_SIZE)
@@ -79,6 +96,12 @@ class PythonEngine:
                 body = source[start:end - TAG_SIZE]
                 tag = source[end - TAG_SIZE:end]
                 out = i * CHUNK_SIZE
+                if table is not None and not hmac.compare_digest(
+                        hashlib.sha256(source[start:end]).digest(),
+                        table[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]):
+                    _wipe(target)
+                    raise SignatureError(f"data chunk {first_chunk + i} does not match the "
+                                         f"publisher's signature", chunk_index=first_chunk + i)
                 cipher = AES.new(aead_key, AES.MODE_GCM,
                                  nonce=chunk_nonce(base_nonce, first_chunk + i), mac_len=TAG_SIZE)
                 try:
@@ -93,7 +116,7 @@ class PythonEngine:
             private.release()
 
     def decrypt_span_fd(self, aead_key, base_nonce, first_chunk, fd, offset, length, dst, *,
-                        final, threads=0):
+                        final, threads=0, digests=None):
         _check_threads(threads)
         target = _writable_bytes(dst)
         # Read in bounded pieces so memory stays small however large the span is.
@@ -104,6 +127,11 @@ class PythonEngine:
         except IntegrityError:
             _wipe(target)
             raise
+        table = chunk_digests_view(digests, count, writable=False)
+
+        def piece_digests(lo, hi):
+            return None if table is None else table[lo * DIGEST_SIZE:hi * DIGEST_SIZE]
+
         done = 0
         while done < count:
             n = min(piece_chunks, count - done)
@@ -121,7 +149,8 @@ class PythonEngine:
                 try:
                     self._decrypt(aead_key, base_nonce, first_chunk + done,
                                       data[:whole * ENCRYPTED_CHUNK_SIZE],
-                                      target[out:out + whole * CHUNK_SIZE], final=False)
+                                      target[out:out + whole * CHUNK_SIZE], final=False,
+                                      digests=piece_digests(done, done + whole))
                 finally:
                     _wipe(target)
                 raise IntegrityError("file ended inside a chunk (truncated)",
@@ -131,7 +160,8 @@ class PythonEngine:
             plain_len = len(data) - n * TAG_SIZE
             try:
                 self._decrypt(aead_key, base_nonce, first_chunk + done, data,
-                                  target[out:out + plain_len], final=final and is_last_piece)
+                                  target[out:out + plain_len], final=final and is_last_piece,
+                                  digests=piece_digests(done, done + n))
             except IntegrityError:
                 _wipe(target)
                 raise

@@ -17,6 +17,7 @@ KEY_SIZE = 32
 NONCE_SIZE = 12
 ENCRYPTED_CHUNK_SIZE = CHUNK_SIZE + TAG_SIZE
 MAX_CHUNKS = 1 << 38
+DIGEST_SIZE = 32  # SHA-256 of one stored chunk (its ciphertext and tag), for publisher signatures
 
 
 def span_chunk_count_for_plaintext(plaintext_length: int, final: bool) -> int:
@@ -53,6 +54,27 @@ def chunk_nonce(base_nonce: bytes, counter: int) -> bytes:
     return (int.from_bytes(base_nonce, "big") ^ counter).to_bytes(NONCE_SIZE, "big")
 
 
+def chunk_digests_view(digests, chunk_count: int, *, writable: bool) -> memoryview | None:
+    """A flat byte view of a per-chunk digest array (``DIGEST_SIZE`` bytes per chunk of the span),
+    or None when ``digests`` is None; ValueError for any other length, TypeError when not bytes-like,
+    ValueError when ``writable`` is asked of a read-only buffer."""
+    if digests is None:
+        return None
+    try:
+        view = memoryview(digests)
+    except TypeError:
+        raise TypeError(f"digests must be bytes-like, not {type(digests).__name__}") from None
+    if writable and view.readonly:
+        raise ValueError("digests_out must be a writable buffer")
+    if not view.c_contiguous:
+        raise ValueError("digests must be a contiguous buffer")
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if view.nbytes != chunk_count * DIGEST_SIZE:
+        raise ValueError(f"digests must be {DIGEST_SIZE} bytes per chunk: {chunk_count} chunks need "
+                         f"{chunk_count * DIGEST_SIZE} bytes, got {view.nbytes}")
+    return view
+
+
 def check_counter_range(first_chunk: int, chunk_count: int) -> None:
     if first_chunk < 0 or first_chunk + chunk_count > MAX_CHUNKS:
         raise ValueError("chunk counter out of range (a message holds at most 2**38 chunks)")
@@ -61,21 +83,29 @@ def check_counter_range(first_chunk: int, chunk_count: int) -> None:
 class Engine(Protocol):
     """What an engine offers. All buffers are bytes-like; ``dst`` must be writable.
 
-    Decryption writes plaintext into ``dst`` (exactly the span's plaintext length). On an
-    authentication failure it wipes all of ``dst`` and raises IntegrityError whose ``chunk_index``
-    is the lowest failing absolute chunk counter. ``threads`` = 0 means the engine's default.
+    Decryption writes plaintext into ``dst`` (exactly the span's plaintext length); a chunk's
+    plaintext reaches ``dst`` only after its tag verified. On an authentication failure it wipes all
+    of ``dst`` and raises IntegrityError whose ``chunk_index`` is the lowest failing absolute chunk
+    counter. ``threads`` = 0 means the engine's default.
+
+    ``digests`` (decryption): ``DIGEST_SIZE`` bytes per chunk of the span, the expected SHA-256 of
+    each stored chunk (ciphertext and tag). Each chunk is hashed and compared before it is
+    decrypted; a mismatch wipes ``dst`` and raises SignatureError at the lowest failing chunk (a
+    lower chunk failing authentication wins, as any lowest failure does). ``digests_out``
+    (encryption): a writable buffer of ``DIGEST_SIZE`` bytes per chunk that receives them.
     """
 
     name: str
 
     def encrypt_span(self, aead_key: bytes, base_nonce: bytes, first_chunk: int, src, dst, *,
-                     final: bool, threads: int = 0) -> None: ...
+                     final: bool, threads: int = 0, digests_out=None) -> None: ...
 
     def decrypt_span(self, aead_key: bytes, base_nonce: bytes, first_chunk: int, src, dst, *,
-                     final: bool, threads: int = 0) -> None: ...
+                     final: bool, threads: int = 0, digests=None) -> None: ...
 
     def decrypt_span_fd(self, aead_key: bytes, base_nonce: bytes, first_chunk: int, fd: int,
-                        offset: int, length: int, dst, *, final: bool, threads: int = 0) -> None: ...
+                        offset: int, length: int, dst, *, final: bool, threads: int = 0,
+                        digests=None) -> None: ...
 
     def info(self) -> dict: ...
 
