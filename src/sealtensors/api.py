@@ -1,8 +1,10 @@
-"""File-level operations: seal/unseal safetensors files, rewrap key slots, inspect, verify."""
+"""File-level operations: seal/unseal safetensors files, rewrap recipients, reseal, inspect, verify."""
 
 from __future__ import annotations
 
+import hmac
 import os
+import re
 import shutil
 import stat
 
@@ -11,28 +13,40 @@ from typing import Callable, Iterable
 
 from .engine import backends as _backends
 from .crypto import chunked
-from .format import container
-from .io.atomic import atomic_output, refuse_same_file
+from .format import container, trailer
+from .io.atomic import atomic_output, check_destination, refuse_same_file
+from .io.header_update import locked_for_update, write_header
 from .format.safetensors_io import READ_PIECE, header_for, read_header, tensor_pieces, write_unpadded
-from .errors import InvalidKeyError
+from .errors import IntegrityError, InvalidKeyError, RecipientError
 from .format.index import TensorInfo, align_up, layout
-from .keys.keyfile import KEY_ID_SIZE, as_key, as_keys, key_id
+from .keys import textcodec
+from .keys.keyfile import as_identities, as_recipients, load_identity, parse_recipient
+from .keys.pins import verification_options
+from .keys.slots import SLOT_ID_SIZE, Identity, Recipient
 from .numpy import tensor_view
-from .reader import SealedReader
+from .reader import SealedReader, _Source
 from .writer import write_sealed
 
 ProgressCallback = Callable[[int], None]
+_SLOT_ID_HEX = re.compile(r"[0-9a-f]{32}")
 
 
-def seal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrite: bool = False,
-              threads: int = 0, progress: ProgressCallback | None = None) -> None:
-    """Seal the ``.safetensors`` file ``src`` into ``dst`` for the recipient(s) ``key``.
+def seal_file(src: str | os.PathLike, dst: str | os.PathLike, key=None, *, recipients=None,
+              overwrite: bool = False, threads: int = 0, progress: ProgressCallback | None = None,
+              signer=None, generation: int | None = None) -> str:
+    """Seal the ``.safetensors`` file ``src`` into ``dst``; returns the new file id (hex).
 
-    Streams: memory stays bounded whatever the model size. Tensors keep their names, dtypes, shapes
-    and the file's ``__metadata__``. ``progress`` is called with the plaintext bytes done so far.
+    Recipients: ``recipients`` and/or ``key`` (the v0.1 name) — 32-byte keys, key files, public
+    recipient strings (``st-x25519:...``, ``st-xwing:...``), Recipient objects (Passphrase,
+    providers), or lists of them. ``signer`` (a SigningKey or signing key file) signs the file as
+    its publisher, with ``generation`` (default: the current Unix time). Streams: memory stays
+    bounded whatever the model size. Tensors keep their names, dtypes, shapes and the file's
+    ``__metadata__``. ``progress`` is called with the plaintext bytes done so far.
     """
     refuse_same_file(dst, src)
-    recipients = as_keys(key)
+    wanted = [item for item in (key, recipients) if item is not None]
+    recipient_list = as_recipients(wanted if len(wanted) != 1 else wanted[0])
+    check_destination(dst, overwrite=overwrite)
     fd = os.open(os.fspath(src), os.O_RDONLY)
     try:
         tensors, metadata, data_start = read_header(fd)
@@ -41,120 +55,312 @@ def seal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrite:
             largest = max((t.end - t.begin for t in tensors), default=0)
             piece_buffer = bytearray(max(1, min(READ_PIECE, largest)))
             pieces = (tensor_pieces(fd, data_start, t, piece_buffer) for t in tensors)
-            write_sealed(out, index, pieces, recipients, threads=threads, progress=progress)
+            file_id = write_sealed(out, index, pieces, recipient_list, threads=threads,
+                                   progress=progress, signer=signer, generation=generation)
     finally:
         os.close(fd)
+    return file_id.hex()
 
 
 def unseal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrite: bool = False,
-                threads: int = 0, progress: ProgressCallback | None = None) -> None:
+                threads: int = 0, progress: ProgressCallback | None = None, **verification) -> None:
     """Decrypt the sealed file ``src`` back into a ``.safetensors`` file ``dst`` (mode 0600).
 
     The whole data section is authenticated as it streams; on any failure ``dst`` is not created
-    (or left untouched) and no partial output remains."""
+    (or left untouched) and no partial output remains. ``signer=``/pins as for :func:`verify`."""
     refuse_same_file(dst, src)
-    with SealedReader.open(src, key) as reader:
+    check_destination(dst, overwrite=overwrite)
+    with SealedReader.open(src, key, **verification_options(**verification)) as reader:
+        reader.check_trailer()
         with atomic_output(dst, overwrite=overwrite, mode=0o600) as out:
             out.write(header_for(reader.index))
-
             write_unpadded(out, reader.index,
                            reader.iter_checked_spans(threads=threads, progress=progress))
 
 
-def _ids_to_remove(remove: Iterable) -> set[bytes]:
-    ids = set()
+def _slot_ids_to_remove(remove: Iterable, header: container.Header) -> list[tuple[bytes, str]]:
+    """(slot id, how the caller named it) for each removal; RecipientError when one is not there."""
+    wanted: list[tuple[bytes, str]] = []
     for item in remove:
-        if isinstance(item, str) and not os.path.exists(item):
-            try:
-                raw = bytes.fromhex(item)
-            except ValueError:
-                raise InvalidKeyError(f"{item!r} is neither a key file nor a hex key id") from None
-            if len(raw) != KEY_ID_SIZE:
-                raise InvalidKeyError(f"a key id is {KEY_ID_SIZE} bytes ({2 * KEY_ID_SIZE} hex digits)")
-            ids.add(raw)
-        elif isinstance(item, (bytes, bytearray)) and len(item) == KEY_ID_SIZE:
-            ids.add(bytes(item))
-        else:
-            ids.add(key_id(as_key(item)))
-    return ids
+        if isinstance(item, (bytes, bytearray)) and len(item) == SLOT_ID_SIZE:
+            wanted.append((bytes(item), bytes(item).hex()))
+            continue
+        if isinstance(item, str):
+            text = item.strip()
+            # Strict: exactly 32 lower-case hex digits is a slot id, never a path.
+            if _SLOT_ID_HEX.fullmatch(text):
+                wanted.append((bytes.fromhex(text), text))
+                continue
+            if textcodec.tag_of(text) in ("st-x25519", "st-xwing"):
+                recipient = parse_recipient(text)
+                from .keys.hpke import slot_id_for
+
+                wanted.append((slot_id_for(recipient.slot_type, recipient.public_key, header.file_id),
+                               text[:24] + "..."))
+                continue
+            if re.fullmatch(r"[0-9a-fA-F]+", text):
+                raise InvalidKeyError("a slot id is exactly 32 lower-case hexadecimal digits")
+        identities = as_identities(item)
+        for identity in identities:
+            ids = identity.candidate_slot_ids(header.file_id)
+            name = identity.describe()
+            if ids is None:
+                # Passphrase and provider slots have random ids: find the slot it opens.
+                for record in header.slots:
+                    if record.slot_type in identity.slot_types and \
+                            identity.unwrap(record, header.file_id) is not None:
+                        ids = frozenset((record.slot_id,))
+                        break
+            present = [i for i in (ids or ()) if any(r.slot_id == i for r in header.slots)]
+            if not present:
+                raise RecipientError(f"cannot remove {name}: it has no slot in this file")
+            wanted.extend((i, name) for i in present)
+    for slot_id, name in wanted:
+        if not any(hmac.compare_digest(record.slot_id, slot_id) for record in header.slots):
+            raise RecipientError(f"cannot remove {name}: no slot with that id in this file")
+    return wanted
+
+
+def _new_records(reader: SealedReader, data_key: bytes, add, remove) -> list:
+    header = reader.header
+    removals = {slot_id for slot_id, _ in _slot_ids_to_remove(remove, header)}
+    kept = [record for record in header.slots if record.slot_id not in removals]
+    added = container.wrap_for(as_recipients(add), data_key, header.file_id) if add else []
+    for record in added:
+        if any(hmac.compare_digest(record.slot_id, old.slot_id) for old in header.slots):
+            if record.slot_id in removals:
+                raise RecipientError("a recipient cannot be both added and removed")
+            raise RecipientError(f"cannot add a {record.type_name} recipient: it already has a "
+                                 f"slot in this file ({record.slot_id.hex()})")
+    records = kept + added
+    if not records:
+        raise ValueError("refusing to remove every recipient: the file could never be opened")
+    return records
+
+
+def _open_for_rewrap(path, key, verify_data: bool, threads: int) -> tuple[SealedReader, bytes]:
+    reader = SealedReader.open(path, key, keep_data_key=True)
+    try:
+        if verify_data:
+            reader.verify(threads=threads)
+            reader.check_trailer()
+        return reader, reader.data_key_for_rewrap()
+    except BaseException:
+        reader.close()
+        raise
 
 
 def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.PathLike | None = None,
-           overwrite: bool = False) -> list[str]:
-    """Add and/or remove recipients. Only the header is rewritten; the index and data are copied
-    byte for byte. ``key`` must open the file. ``add``: keys to add. ``remove``: keys, key files or
-    key ids (16 bytes or 32 hex digits). With ``dst=None`` the file is replaced in place, atomically:
-    a reader sees either the old or the new header, never a mix. Returns the new key ids (hex)."""
-    add_keys = as_keys(add) if add else []
-    remove_ids = _ids_to_remove(remove)
-    if dst is None:
-        # In place: replace the file a symbolic link points to (not the link), keeping its mode.
-        dst, overwrite = os.path.realpath(src), True
-        mode = stat.S_IMODE(os.stat(dst).st_mode)
-    else:
+           overwrite: bool = False, verify_data: bool = True, threads: int = 0) -> dict:
+    """Add and/or remove recipients without touching the index or the data.
+
+    ``key`` must open the file. ``add``: recipients (public strings are enough). ``remove``: slot
+    ids (exactly 32 hex digits), public recipient strings, or keys/identities. Removing a
+    recipient the file does not have, or adding one it has, is a RecipientError. With
+    ``verify_data`` (the default) every data chunk is authenticated first, so a damaged file is
+    refused rather than rewrapped.
+
+    In place (``dst=None``): under an exclusive lock, the new header goes into the file's spare
+    header copy and one byte flips to make it active (crash-safe; nothing else is written). When
+    the new slots do not fit the copy's capacity, the whole file is rewritten atomically with a
+    larger capacity. With ``dst``, a new file is written (index and data copied byte for byte).
+
+    Removing a recipient does NOT revoke anyone who kept the data key or an old copy of the file:
+    use :func:`reseal` for that. Returns {"slots": [...], "in_place": bool, "rewrote_data": bool}.
+    """
+    if dst is not None:
         refuse_same_file(dst, src)
-        mode = 0o644
-    with open(os.fspath(src), "rb") as source:
-        fd = source.fileno()
-        prefix = source.read(container.FIXED_HEADER_SIZE)
-        slot_count = container.parse_fixed(prefix)[5]
-        header_bytes = prefix + source.read(container.header_size(slot_count) - len(prefix))
-        header = container.parse(header_bytes)
-        data_key = container.unlock(header, header_bytes, as_keys(key))
-        if os.fstat(fd).st_size != header.file_length:
-            raise container.IntegrityError("file is truncated or extended; refusing to rewrap it")
-        keep = [slot for slot in header.slots if slot.key_id not in remove_ids]
-        added_ids = {key_id(k) for k in add_keys}
-        if not keep and not add_keys:
-            raise ValueError("refusing to remove every recipient: the file could never be opened")
-        if remove_ids & added_ids:
-            raise ValueError("a key cannot be both added and removed")
-        new_header = container.rebuild_with_slots(header, data_key, add_keys, keep)
-        with atomic_output(dst, overwrite=overwrite, mode=mode) as out:
-            out.write(new_header)
-            source.seek(header.size)
-            shutil.copyfileobj(source, out, 16 * 1024 * 1024)
-    new = container.parse(new_header)
-    return [slot.key_id.hex() for slot in new.slots]
+        check_destination(dst, overwrite=overwrite)
+        reader, data_key = _open_for_rewrap(src, key, verify_data, threads)
+        with reader:
+            new = container.with_slots(reader.header, _new_records(reader, data_key, add, remove))
+            _copy_with_header(reader, new, data_key, dst, overwrite, 0o644, fit=True)
+        return _rewrap_report(new, in_place=False, rewrote_data=True)
+    with locked_for_update(src) as fd:
+        reader, data_key = _open_for_rewrap(src, key, verify_data, threads)
+        with reader:
+            new = container.with_slots(reader.header, _new_records(reader, data_key, add, remove))
+            if os.fstat(fd).st_size != reader.header.file_length:
+                raise IntegrityError("the file changed while it was being rewrapped")
+            if container.fits(new):
+                write_header(fd, new, data_key)
+                return _rewrap_report(new, in_place=True, rewrote_data=False)
+            real = os.path.realpath(src)
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            _copy_with_header(reader, new, data_key, real, True, mode, fit=True)
+            return _rewrap_report(new, in_place=True, rewrote_data=True)
 
 
-def inspect(path: str | os.PathLike, key=None) -> dict:
-    """What a file reveals: without a key, sizes and recipients' key ids; with one, also the tensor
-    table and metadata (after authenticating the header and index)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        prefix = handle.read(container.FIXED_HEADER_SIZE)
-        version, suite, _file_id, index_len, data_len, slot_count = container.parse_fixed(prefix)
-        header = container.parse(prefix + handle.read(container.header_size(slot_count) - len(prefix)))
+def _rewrap_report(header: container.Header, *, in_place: bool, rewrote_data: bool) -> dict:
+    return {"slots": [{"type": r.type_name, "slot_id": r.slot_id.hex()} for r in header.slots],
+            "in_place": in_place, "rewrote_data": rewrote_data}
+
+
+def _copy_with_header(reader: SealedReader, header: container.Header, data_key: bytes, dst,
+                      overwrite: bool, mode: int, *, fit: bool) -> None:
+    """Write ``header`` (grown if needed) followed by the reader's index, data and trailer."""
+    from dataclasses import replace
+
+    if fit and not container.fits(header):
+        table = sum(20 + len(r.body) for r in header.slots)
+        header = replace(header, capacity=container.capacity_for(table))
+    header = replace(header, active=0)
+    source = reader._source
+    with source.in_use(), atomic_output(dst, overwrite=overwrite, mode=mode) as out:
+        out.write(container.header_region(header, data_key))
+        offset = reader.header.index_offset
+        remaining = reader.header.file_length - offset
+        while remaining:
+            piece = source.read(offset, min(remaining, 16 << 20))
+            if not piece:
+                raise IntegrityError("the file shrank while it was being copied")
+            out.write(piece)
+            offset += len(piece)
+            remaining -= len(piece)
+
+
+def reseal(src: str | os.PathLike, key, *, dst: str | os.PathLike | None = None, recipients=None,
+           signer=None, generation: int | None = None, allow_unsigned: bool = False,
+           overwrite: bool = False, threads: int = 0, progress: ProgressCallback | None = None,
+           **verification) -> str:
+    """Re-encrypt a sealed file under a NEW data key and file id: what revokes a removed
+    recipient for real (their old data key opens nothing in the new file).
+
+    Streams with bounded memory; every chunk of the source is authenticated on the way. The new
+    file is sealed for ``recipients`` (default: the identity that opened it). A signed source must
+    be re-signed (``signer=``; the new generation defaults to the current Unix time) unless
+    ``allow_unsigned``. ``dst=None`` replaces ``src`` atomically. Returns the new file id (hex).
+    """
+    options = verification_options(**verification)
+    in_place = dst is None
+    target = os.path.realpath(src) if in_place else dst
+    if not in_place:
+        refuse_same_file(dst, src)
+        check_destination(dst, overwrite=overwrite)
+    with SealedReader.open(src, key, **options) as reader:
+        reader.check_trailer()
+        if reader.header.trailer_length and signer is None and not allow_unsigned:
+            raise ValueError("the file is signed: give signer= to re-sign the new file, or "
+                             "allow_unsigned=True to drop the signature")
+        if recipients is None:
+            opener = reader.opened_by
+            if not isinstance(opener, Recipient):
+                raise ValueError("give recipients= for the new file (the identity that opened this "
+                                 "one cannot seal by itself)")
+            recipients = [opener]
+        elif isinstance(recipients, (list, tuple)) and not recipients:
+            raise ValueError("recipients must not be empty")
+        index = reader.index
+        mode = stat.S_IMODE(os.stat(target).st_mode) if in_place else None
+        spans = reader.iter_checked_spans(threads=threads, progress=progress)
+        with atomic_output(target, overwrite=in_place or overwrite,
+                           **({"mode": mode} if mode is not None else {})) as out:
+            file_id = write_sealed(out, index, _pieces_from_spans(index, spans), recipients,
+                                   threads=threads, signer=signer, generation=generation)
+    return file_id.hex()
+
+
+def _pieces_from_spans(index, spans):
+    """Per-tensor piece iterators over the data section's plaintext spans, in order."""
+    state = {"span": memoryview(b""), "start": 0}
+    spans = iter(spans)
+
+    def pieces(info: TensorInfo):
+        position = info.begin
+        while position < info.end:
+            span, start = state["span"], state["start"]
+            if position >= start + len(span):
+                state["start"] = start + len(span)
+                state["span"] = next(spans)
+                continue
+            take = min(info.end, start + len(span)) - position
+            yield span[position - start:position - start + take]
+            position += take
+
+    for info in index.tensors:
+        yield pieces(info)
+
+
+def inspect(path: str | os.PathLike, key=None, **verification) -> dict:
+    """What a file shows. Without a key: the public layout (sizes, slot types and ids, whether it
+    is signed), labelled unauthenticated, after checking the file length against the header. With
+    a key (read once, authenticated): also the tensor table, the metadata and which slot is the
+    key's; with ``signer=``, the signature is verified too."""
+    source = _Source.from_path(path)
+    try:
+        preamble = source.read(0, container.PREAMBLE_SIZE)
+        _version, _suite, active, capacity = container.parse_preamble(preamble)
+        copy = source.read(container.copy_offset(active, capacity), capacity)
+        header = container.parse(preamble, copy)
+        if source.length != header.file_length:
+            raise IntegrityError(f"file is {source.length} bytes, its header says "
+                                 f"{header.file_length} (truncated or extended)")
+        signature = None
+        if header.trailer_length:
+            try:
+                signature = trailer.parse(source.read(header.trailer_offset, header.trailer_length))
+            except (ValueError, IntegrityError):
+                signature = None
+    finally:
+        source.close()
+    report = _public_report(path, header, signature)
+    if key is None:
+        return report
+    with SealedReader.open(path, key, **verification_options(**verification)) as reader:
+        reader.check_trailer()
+        header = reader.header
+        report = _public_report(path, header, reader.signature or signature)
+        report["authenticated"] = True
+        report["signature_verified"] = reader.signature is not None
+        report["your_slot"] = header.slots[reader.unlocked_slot].slot_id.hex()
+        report["metadata"] = reader.metadata()
+        report["tensors"] = [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "offsets": [t.begin, t.end]}
+            for t in reader.index.tensors
+        ]
+    return report
+
+
+def _public_report(path, header: container.Header, signature) -> dict:
     report = {
         "path": os.fspath(path),
-        "file_size": size,
-        "format_version": version,
-        "suite": suite,
-        "header_size": header.size,
-        "index_message_size": index_len,
-        "data_message_size": data_len,
-        "data_size": chunked.plaintext_length(data_len),
-        "recipients": [slot.key_id.hex() for slot in header.slots],
+        "authenticated": False,
+        "file_size": header.file_length,
+        "format_version": header.version,
+        "suite": header.suite,
+        "file_id": header.file_id.hex(),
+        "header_size": header.region_size,
+        "header_capacity": header.capacity,
+        "header_sequence": header.sequence,
+        "index_message_size": header.index_length,
+        "data_message_size": header.data_length,
+        "data_size": chunked.plaintext_length(header.data_length),
+        "recipients": [r.slot_id.hex() for r in header.slots],
+        "slots": [{"type": r.type_name, "slot_id": r.slot_id.hex()} for r in header.slots],
+        "signed": bool(header.trailer_length),
     }
-    if key is not None:
-        with SealedReader.open(path, key) as reader:
-            report["metadata"] = reader.metadata()
-            report["tensors"] = [
-                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "offsets": [t.begin, t.end]}
-                for t in reader.index.tensors
-            ]
+    if signature is not None:
+        report["signature"] = {"signer": signature.signer.text(),
+                               "generation": signature.statement.generation,
+                               "signed_at": signature.statement.signed_at}
     return report
 
 
 def verify(path: str | os.PathLike, key, *, threads: int = 0,
-           progress: ProgressCallback | None = None) -> dict:
-    """Authenticate every byte of a sealed file (header, slots, index, every data chunk); writes
-    nothing. ``progress`` is called with the plaintext bytes authenticated so far. Returns a small
-    summary, raises on the first failure."""
-    with SealedReader.open(path, key) as reader:
+           progress: ProgressCallback | None = None, **verification) -> dict:
+    """Authenticate every byte of a sealed file (header, slots, index, every data chunk, the
+    signature trailer's bytes); writes nothing. ``signer=`` (accepted publishers), ``pin=`` (a pin
+    file), ``min_generation=``, ``expect_file_id=``: also require a valid publisher signature over
+    exactly this content (SignatureError). Returns a summary; raises on the first failure."""
+    with SealedReader.open(path, key, **verification_options(**verification)) as reader:
+        reader.check_trailer()
         reader.verify(threads=threads, progress=progress)
-        return {"tensors": len(reader.index.tensors), "data_size": reader.data_length}
+        summary = {"tensors": len(reader.index.tensors), "data_size": reader.data_length,
+                   "file_id": reader.header.file_id.hex(), "signed": bool(reader.header.trailer_length)}
+        if reader.signature is not None:
+            summary["signer"] = reader.signature.signer.text()
+            summary["generation"] = reader.signature.statement.generation
+        return summary
 
 
 def _placements(reader: SealedReader, names) -> tuple[list[tuple[TensorInfo, int]], int]:

@@ -42,21 +42,24 @@ def _pieces(arrays: list[np.ndarray]):
         yield (array.reshape(-1).view(np.uint8),)
 
 
-def save(tensors: Mapping[str, np.ndarray], key, metadata: Mapping[str, str] | None = None) -> bytes:
-    """Seal ``tensors`` into bytes for the recipient(s) ``key``."""
+def save(tensors: Mapping[str, np.ndarray], key, metadata: Mapping[str, str] | None = None, *,
+         signer=None, generation: int | None = None) -> bytes:
+    """Seal ``tensors`` into bytes for the recipient(s) ``key`` (keys, recipient strings,
+    Recipient objects). ``signer`` signs it as its publisher, with ``generation``."""
     index, arrays = _plan(tensors, metadata)
     out = io.BytesIO()
-    write_sealed(out, index, _pieces(arrays), key)
+    write_sealed(out, index, _pieces(arrays), key, signer=signer, generation=generation)
     return out.getvalue()
 
 
 def save_file(tensors: Mapping[str, np.ndarray], filename: str | os.PathLike, key,
-              metadata: Mapping[str, str] | None = None, *, overwrite: bool = False) -> None:
+              metadata: Mapping[str, str] | None = None, *, overwrite: bool = False,
+              signer=None, generation: int | None = None) -> None:
     """Seal ``tensors`` to ``filename`` (written to a temporary file, then renamed); an existing
     file is replaced only with ``overwrite=True``."""
     index, arrays = _plan(tensors, metadata)
     with atomic_output(filename, overwrite=overwrite) as out:
-        write_sealed(out, index, _pieces(arrays), key)
+        write_sealed(out, index, _pieces(arrays), key, signer=signer, generation=generation)
 
 
 def tensor_view(buffer: np.ndarray, info: TensorInfo, offset: int = 0) -> np.ndarray:
@@ -72,16 +75,17 @@ def _load_all(reader: SealedReader, pin_memory: bool) -> dict[str, np.ndarray]:
     return {info.name: tensor_view(buffer, info) for info in reader.index.tensors}
 
 
-def load(data: bytes, key) -> dict[str, np.ndarray]:
+def load(data: bytes, key, **verification) -> dict[str, np.ndarray]:
     """Open sealed ``data`` (bytes-like) with ``key``; returns {name: array}."""
-    with SealedReader.from_bytes(data, key) as reader:
+    with SealedReader.from_bytes(data, key, **verification) as reader:
         return _load_all(reader, pin_memory=False)
 
 
-def load_file(filename: str | os.PathLike, key, *, pin_memory: bool = False) -> dict[str, np.ndarray]:
+def load_file(filename: str | os.PathLike, key, *, pin_memory: bool = False,
+              **verification) -> dict[str, np.ndarray]:
     """Decrypt and authenticate a whole sealed file; returns {name: array}.
 
     All arrays view one buffer; with ``pin_memory=True`` that buffer is page-locked (a
     PinningWarning, not an error, when the memlock limit refuses)."""
-    with SealedReader.open(filename, key) as reader:
+    with SealedReader.open(filename, key, **verification) as reader:
         return _load_all(reader, pin_memory)

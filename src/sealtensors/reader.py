@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
+import hmac
 import os
 import threading
 import weakref
@@ -19,9 +21,11 @@ import numpy as np
 from .engine import memory as _memory
 from .crypto import chunked
 from .format import container
-from .errors import FormatError, IntegrityError
+from .errors import FormatError, IntegrityError, SignatureError
 from .format.index import TensorIndex, TensorInfo, parse as parse_index
-from .keys.keyfile import as_keys
+from .format import trailer
+from .keys.keyfile import as_identities
+from .keys.signing import as_verifying_keys
 
 
 class _Source:
@@ -44,6 +48,8 @@ class _Source:
         self._lock = threading.Lock()
         self._users = 0
         self._closed = False
+        self._on_release: list = []
+        self._released = False
 
     @classmethod
     def from_bytes(cls, data) -> "_Source":
@@ -98,6 +104,15 @@ class _Source:
         if idle:
             self._release()
 
+    def after_release(self, callback) -> None:
+        """Call ``callback()`` once the source is released (closed and its last read done); at
+        once if it already is."""
+        with self._lock:
+            if not self._released:
+                self._on_release.append(callback)
+                return
+        callback()
+
     def _release(self) -> None:
         if self.view is not None:
             # A slice of it may outlive us (in a traceback's frames); releasing must not fail then.
@@ -107,6 +122,11 @@ class _Source:
         if self.fd is not None:
             self.fd = None
             self._close_fd()
+        with self._lock:
+            self._released = True
+            callbacks, self._on_release = self._on_release, []
+        for callback in callbacks:
+            callback()
 
 
 def check_tensor_bytes(info: TensorInfo, raw: np.ndarray) -> None:
@@ -160,35 +180,84 @@ class PlaintextRules:
 
 
 class SealedReader:
-    """An opened, authenticated sealed file. ``keys``: one key or several (any that has a slot).
+    """An opened, authenticated sealed file.
+
+    ``keys``: what opens it — 32-byte keys, key or identity files, Identity objects (x25519, xwing,
+    Passphrase, providers), or a list of them (the first that owns a slot wins).
+    ``signer``: accepted publisher(s) (``st-sign:`` strings, VerifyingKey objects, a trust file);
+    when given, the file must carry a signature by one of them over exactly this content, and every
+    data chunk read is checked against the signed digests (SignatureError otherwise).
+    ``min_generation`` / ``expect_file_id``: freshness pins, checked against the signed statement
+    (they require ``signer``).
 
     Raises WrongKeyError when no key has a slot, IntegrityError on any tampering found in the header,
     key slots, index or file length, FormatError / UnsupportedFormatError on malformed input.
     """
 
-    def __init__(self, source: _Source, keys) -> None:
+    def __init__(self, source: _Source, keys, *, signer=None, min_generation: int | None = None,
+                 expect_file_id: bytes | str | None = None, keep_data_key: bool = False) -> None:
         self._source = source
+        self._keep_data_key = keep_data_key
+        self.signature = None
+        self._digests = None
         try:
-            self._open(as_keys(keys))
+            accepted = as_verifying_keys(signer)
+            if (min_generation is not None or expect_file_id is not None) and not accepted:
+                raise ValueError("min_generation and expect_file_id pin a signed statement: "
+                                 "give signer= too")
+            if isinstance(expect_file_id, str):
+                try:
+                    expect_file_id = bytes.fromhex(expect_file_id)
+                except ValueError:
+                    raise ValueError("expect_file_id must be 32 hex digits") from None
+            if expect_file_id is not None and len(expect_file_id) != container.FILE_ID_SIZE:
+                raise ValueError("expect_file_id must be 16 bytes (32 hex digits)")
+            self._open(as_identities(keys))
+            if accepted:
+                self._check_signature(accepted, min_generation, expect_file_id)
         except BaseException:
             source.close()
             raise
 
     @classmethod
-    def open(cls, path, keys) -> "SealedReader":
-        return cls(_Source.from_path(path), keys)
+    def open(cls, path, keys, **options) -> "SealedReader":
+        return cls(_Source.from_path(path), keys, **options)
 
     @classmethod
-    def from_bytes(cls, data, keys) -> "SealedReader":
-        return cls(_Source.from_bytes(data), keys)
+    def from_bytes(cls, data, keys, **options) -> "SealedReader":
+        return cls(_Source.from_bytes(data), keys, **options)
 
-    def _open(self, keys: list[bytes]) -> None:
+    def _read_header(self, identities) -> tuple[container.Header, container.Unlocked]:
         source = self._source
-        slot_count = container.parse_fixed(source.read(0, container.FIXED_HEADER_SIZE))[5]
-        header_bytes = source.read(0, container.header_size(slot_count))
-        header = container.parse(header_bytes)
+        # An in-place rewrap in another process writes the spare copy, then flips the active-copy
+        # byte. Reading the same preamble and copy twice around the unlock proves they were not
+        # torn by such a rewrite; a file that keeps changing is refused after a few tries.
+        for _ in range(5):
+            preamble = source.read(0, container.PREAMBLE_SIZE)
+            _version, _suite, active, capacity = container.parse_preamble(preamble)
+            offset = container.copy_offset(active, capacity)
+            copy = source.read(offset, capacity)
+            try:
+                header = container.parse(preamble, copy)
+                unlocked = container.unlock(header, identities)
+            except (FormatError, IntegrityError):
+                if source.fd is None or source.read(0, container.PREAMBLE_SIZE) == preamble:
+                    raise
+                continue
+            if source.fd is None or (source.read(0, container.PREAMBLE_SIZE) == preamble
+                                     and source.read(offset, capacity) == copy):
+                return header, unlocked
+        raise IntegrityError("the file's header kept changing while it was read")
+
+    def _open(self, identities) -> None:
+        source = self._source
+        header, unlocked = self._read_header(identities)
         self.header = header
-        data_key = container.unlock(header, header_bytes, keys)
+        self.unlocked_slot = unlocked.slot_index
+        self.opened_by = unlocked.identity
+        data_key = unlocked.data_key
+        # Only a rewrap needs the data key after opening; other readers do not keep it.
+        self._data_key = data_key if self._keep_data_key else None
         if source.length != header.file_length:
             raise IntegrityError(f"file is {source.length} bytes, its header says "
                                  f"{header.file_length} (truncated or extended)")
@@ -198,10 +267,46 @@ class SealedReader:
         self.data_length = chunked.plaintext_length(header.data_length)
         self.index: TensorIndex = parse_index(index_plaintext, self.data_length)
         self._tensors = self.index.by_name()
+        self._data_header = source.read(header.data_offset, chunked.HEADER_SIZE)
         self._data_keys = chunked.open_message(
-            data_key, source.read(header.data_offset, chunked.HEADER_SIZE),
-            container.data_context(header.file_id, index_plaintext))
+            data_key, self._data_header, container.data_context(header.file_id, index_plaintext))
+        self._index_message = index_message
         self._chunk_total = chunked.chunk_count(self.data_length)
+
+    def _read_trailer(self) -> bytes:
+        """The signature trailer, authenticated against the header's trailer digest."""
+        header = self.header
+        if header.trailer_length == 0:
+            raise SignatureError("the file is not signed")
+        with self._source.in_use() as source:
+            raw = source.read(header.trailer_offset, header.trailer_length)
+        if len(raw) != header.trailer_length or not hmac.compare_digest(
+                hashlib.sha256(raw).digest(), header.trailer_digest):
+            raise IntegrityError("the signature trailer was altered (its digest does not match the "
+                                 "authenticated header)")
+        return raw
+
+    def data_key_for_rewrap(self) -> bytes:
+        """The file's data key (only when opened with keep_data_key=True)."""
+        if self._data_key is None:
+            raise ValueError("the reader was not opened with keep_data_key=True")
+        return self._data_key
+
+    def check_trailer(self) -> None:
+        """Authenticate the signature trailer's bytes (if any) against the header."""
+        if self.header.trailer_length:
+            self._read_trailer()
+
+    def _check_signature(self, accepted, min_generation, expect_file_id) -> None:
+        signature = trailer.parse(self._read_trailer())
+        trailer.verify(signature, accepted, file_id=self.header.file_id,
+                       index_message=self._index_message, data_header=self._data_header,
+                       data_length=self.header.data_length, index_length=self.header.index_length,
+                       min_generation=min_generation, expect_file_id=expect_file_id)
+        if len(signature.digests) != trailer.DIGEST_SIZE * self._chunk_total:
+            raise SignatureError("the signed chunk digest table does not cover the data")
+        self.signature = signature
+        self._digests = signature.digests
 
     # -- index -------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -216,21 +321,45 @@ class SealedReader:
         except KeyError:
             raise KeyError(f"no tensor named {name!r} in this file") from None
 
+    def tensors_in_chunk(self, chunk: int) -> list[str]:
+        """Names of the tensors with bytes in data chunk ``chunk``."""
+        begin = chunk * chunked.CHUNK_SIZE
+        end = begin + chunked.CHUNK_SIZE
+        return [info.name for info in self.index.tensors
+                if info.begin < end and info.end > begin]
+
     # -- data --------------------------------------------------------------------------------
     def _decrypt_chunks(self, first: int, stop: int, dst, threads: int) -> None:
         source = self._source
         if source is None:
             raise ValueError("I/O operation on a closed sealed file")
-        with source.in_use():
-            if source.fd is not None:
-                chunked.decrypt_chunk_range_fd_into(self._data_keys, source.fd,
-                                                    self.header.data_offset,
-                                                    self.header.data_length, first, stop, dst,
-                                                    threads=threads)
-                return
-            with source.view[self.header.data_offset:self.header.file_length] as message:
-                chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
-                                                 threads=threads)
+        digests = None
+        if self._digests is not None:
+            digests = memoryview(self._digests)[trailer.DIGEST_SIZE * first:
+                                                trailer.DIGEST_SIZE * stop]
+        extra = {} if digests is None else {"digests": digests}
+        try:
+            with source.in_use():
+                if source.fd is not None:
+                    chunked.decrypt_chunk_range_fd_into(self._data_keys, source.fd,
+                                                        self.header.data_offset,
+                                                        self.header.data_length, first, stop, dst,
+                                                        threads=threads, **extra)
+                    return
+                with source.view[self.header.data_offset:self.header.trailer_offset] as message:
+                    chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
+                                                     threads=threads, **extra)
+        except IntegrityError as exc:
+            if exc.chunk_index is None or getattr(exc, "names_tensors", False):
+                raise
+            names = self.tensors_in_chunk(exc.chunk_index)
+            shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+            error = type(exc)(f"{exc} (data chunk {exc.chunk_index}"
+                              + (f", holding tensor(s) {shown})" if names else ", padding only)"),
+                              chunk_index=exc.chunk_index)
+            error.names_tensors = True
+            error.tensor_names = names
+            raise error from None
 
     @property
     def rules(self) -> PlaintextRules:
@@ -367,11 +496,20 @@ class SealedReader:
             buffer.fill(0)
 
     def close(self) -> None:
-        """Close the file. Reads already running in other threads finish first; later ones raise
-        ValueError."""
+        """Close the file and forget its data keys. Reads already running in other threads finish
+        first (the keys go when the last one is done); later ones raise ValueError."""
         source = self._source
         if source is not None:
+            source.after_release(self._forget_keys)
             source.close()
+
+    def _forget_keys(self) -> None:
+        """Drop the data message's keys, wiping them where they are wipeable (SECURITY.md, "What
+        is wiped"): a closed reader that someone keeps alive must not keep key material."""
+        keys = self.__dict__.pop("_data_keys", None)
+        wipe = getattr(keys, "wipe", None)
+        if callable(wipe):
+            wipe()
 
     def __enter__(self) -> "SealedReader":
         return self

@@ -59,7 +59,8 @@ class TensorSlice:
 
 class SafeOpen:
     def __init__(self, filename: str | os.PathLike, framework: str = "np", key=None, *,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", signer=None, min_generation: int | None = None,
+                 expect_file_id=None) -> None:
         if key is None:
             raise TypeError("safe_open needs key=... (32 bytes, a key file path, or a list of keys)")
         try:
@@ -74,7 +75,9 @@ class SafeOpen:
 
             check_device(device)
         self._device = device
-        self._reader = SealedReader.open(filename, key)
+        self._reader = SealedReader.open(filename, key, signer=signer,
+                                           min_generation=min_generation,
+                                           expect_file_id=expect_file_id)
 
     def keys(self) -> list[str]:
         """Tensor names, sorted (as ``safetensors.safe_open.keys`` returns them)."""
@@ -97,7 +100,15 @@ class SafeOpen:
         return TensorSlice(self, self._reader.info(name))
 
     def close(self) -> None:
+        """Close the file; the data keys are forgotten (wiped where wipeable) once reads in
+        flight are done."""
         self._reader.close()
+
+    def __del__(self) -> None:
+        # A handle dropped without close() still forgets its keys when it is collected.
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
 
     def __enter__(self) -> "SafeOpen":
         return self
@@ -107,6 +118,12 @@ class SafeOpen:
 
 
 def safe_open(filename: str | os.PathLike, framework: str = "np", key=None, *,
-              device: str = "cpu") -> SafeOpen:
-    """Open a sealed file for lazy reading. Use as a context manager. ``framework``: "np" or "pt"."""
-    return SafeOpen(filename, framework, key, device=device)
+              device: str = "cpu", signer=None, min_generation: int | None = None,
+              expect_file_id=None) -> SafeOpen:
+    """Open a sealed file for lazy reading. Use as a context manager. ``framework``: "np" or "pt".
+
+    ``key``: keys, key/identity files or Identity objects. ``signer``: accepted publisher(s); when
+    given, the signature is checked at open and every chunk a read decrypts is checked against the
+    signed digests (SignatureError)."""
+    return SafeOpen(filename, framework, key, device=device, signer=signer,
+                    min_generation=min_generation, expect_file_id=expect_file_id)

@@ -111,20 +111,23 @@ def _plan(tensors: Mapping[str, torch.Tensor], metadata) -> tuple[TensorIndex, l
     return index, [_tensor_bytes(sources[info.name]) for info in index.tensors]
 
 
-def save(tensors: Mapping[str, torch.Tensor], key, metadata: Mapping[str, str] | None = None) -> bytes:
-    """Seal ``tensors`` into bytes for the recipient(s) ``key``."""
+def save(tensors: Mapping[str, torch.Tensor], key, metadata: Mapping[str, str] | None = None, *,
+         signer=None, generation: int | None = None) -> bytes:
+    """Seal ``tensors`` into bytes for the recipient(s) ``key`` (keys, recipient strings,
+    Recipient objects). ``signer`` signs it as its publisher, with ``generation``."""
     index, raw = _plan(tensors, metadata)
     out = io.BytesIO()
-    write_sealed(out, index, ((piece,) for piece in raw), key)
+    write_sealed(out, index, ((piece,) for piece in raw), key, signer=signer, generation=generation)
     return out.getvalue()
 
 
 def save_file(tensors: Mapping[str, torch.Tensor], filename: str | os.PathLike, key,
-              metadata: Mapping[str, str] | None = None, *, overwrite: bool = False) -> None:
+              metadata: Mapping[str, str] | None = None, *, overwrite: bool = False,
+              signer=None, generation: int | None = None) -> None:
     """Seal ``tensors`` to ``filename`` atomically; refuses to replace a file unless ``overwrite``."""
     index, raw = _plan(tensors, metadata)
     with atomic_output(filename, overwrite=overwrite) as out:
-        write_sealed(out, index, ((piece,) for piece in raw), key)
+        write_sealed(out, index, ((piece,) for piece in raw), key, signer=signer, generation=generation)
 
 
 def _pinned_buffer(nbytes: int) -> np.ndarray:
@@ -166,15 +169,15 @@ def _load_all(reader: SealedReader, device: str, pin_memory: bool,
     return _views(buffer, reader)
 
 
-def load(data: bytes, key, device: str = "cpu") -> dict[str, torch.Tensor]:
+def load(data: bytes, key, device: str = "cpu", **verification) -> dict[str, torch.Tensor]:
     """Open sealed ``data`` with ``key``; returns {name: tensor}."""
-    with SealedReader.from_bytes(data, key) as reader:
+    with SealedReader.from_bytes(data, key, **verification) as reader:
         return _load_all(reader, device, pin_memory=False)
 
 
 def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
               pin_memory: bool = False, staging_slots: int = 4,
-              staging_bytes: int = 16 << 20) -> dict[str, torch.Tensor]:
+              staging_bytes: int = 16 << 20, **verification) -> dict[str, torch.Tensor]:
     """Decrypt and authenticate a sealed file; returns {name: tensor}, all views of one buffer.
 
     ``device="cpu"``: ``pin_memory=True`` gives page-locked memory (torch's pinned allocator when
@@ -183,7 +186,7 @@ def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
     of ``staging_bytes`` each; decryption of one span overlaps the upload of the previous ones, and
     host memory in use is the ring, not the model. Nothing is returned unless every chunk
     authenticated."""
-    with SealedReader.open(filename, key) as reader:
+    with SealedReader.open(filename, key, **verification) as reader:
         return _load_all(reader, device, pin_memory, staging_slots, staging_bytes)
 
 
@@ -195,7 +198,7 @@ def _shard_bounds(length: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def load_shard(filename: str | os.PathLike, key, *, rank: int, world_size: int,
                dims: int | Mapping[str, int | None] | None = 0, device: str = "cpu",
-               names=None) -> dict[str, torch.Tensor]:
+               names=None, **verification) -> dict[str, torch.Tensor]:
     """Load one tensor-parallel rank's part of each tensor straight to ``device``.
 
     ``dims`` says which dimension each tensor is split along: one int for all (negative counts from
@@ -210,7 +213,7 @@ def load_shard(filename: str | os.PathLike, key, *, rank: int, world_size: int,
 
     check_device(device)
     result = {}
-    with safe_open(filename, "pt", key=key) as handle:
+    with safe_open(filename, "pt", key=key, **verification) as handle:
         selected = handle.keys() if names is None else list(names)
         for name in selected:
             dim = dims.get(name) if isinstance(dims, Mapping) else dims
