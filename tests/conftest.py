@@ -69,12 +69,18 @@ def pytest_report_header(config):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``c_engine_only`` exercise the C engine's own API: they run once per C provider
-    and are deselected (not skipped) for the Python backend."""
+    and are deselected (not skipped) for the Python backend. Tests marked ``engine_independent``
+    (subprocess races, key parsing) run once, on the last engine listed (the C engine when built),
+    and are deselected for the others."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_python = callspec is not None and callspec.params.get("backend") == "python"
-        (drop if on_python and item.get_closest_marker("c_engine_only") else keep).append(item)
+        engine = callspec.params.get("backend") if callspec is not None else None
+        on_python = engine == "python"
+        once_elsewhere = item.get_closest_marker("engine_independent") and engine is not None \
+            and engine != BACKENDS[-1]
+        (drop if (on_python and item.get_closest_marker("c_engine_only")) or once_elsewhere
+         else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

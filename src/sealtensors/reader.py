@@ -188,19 +188,28 @@ class SealedReader:
     when given, the file must carry a signature by one of them over exactly this content, and every
     data chunk read is checked against the signed digests (SignatureError otherwise).
     ``min_generation`` / ``expect_file_id``: freshness pins, checked against the signed statement
-    (they require ``signer``).
+    (they require ``signer``). ``pin``: a pin file giving all three (keys/pins.py).
 
     Raises WrongKeyError when no key has a slot, IntegrityError on any tampering found in the header,
     key slots, index or file length, FormatError / UnsupportedFormatError on malformed input.
     """
 
     def __init__(self, source: _Source, keys, *, signer=None, min_generation: int | None = None,
-                 expect_file_id: bytes | str | None = None, keep_data_key: bool = False) -> None:
+                 expect_file_id: bytes | str | None = None, pin=None,
+                 keep_data_key: bool = False) -> None:
         self._source = source
         self._keep_data_key = keep_data_key
         self.signature = None
         self._digests = None
         try:
+            if pin is not None:
+                from .keys.pins import verification_options
+
+                merged = verification_options(signer=signer, pin=pin, min_generation=min_generation,
+                                              expect_file_id=expect_file_id)
+                signer = merged.get("signer")
+                min_generation = merged.get("min_generation")
+                expect_file_id = merged.get("expect_file_id")
             accepted = as_verifying_keys(signer)
             if (min_generation is not None or expect_file_id is not None) and not accepted:
                 raise ValueError("min_generation and expect_file_id pin a signed statement: "
