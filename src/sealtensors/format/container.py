@@ -283,8 +283,7 @@ def unlock(header: Header, identities: list[Identity]) -> Unlocked:
         # No slot id matched. If an identity still opens a slot, that slot's id was altered.
         for identity in identities:
             for record in header.slots:
-                if record.slot_type in identity.slot_types and \
-                        identity.opens_ignoring_id(record, header.file_id):
+                if identity.opens_ignoring_id(record, header.file_id):
                     raise IntegrityError("a key slot's slot id was altered")
         raise WrongKeyError("none of the given keys or identities can open this file: "
                             + _ids_report(header, identities))

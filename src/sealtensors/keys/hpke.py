@@ -20,7 +20,7 @@ from Crypto.PublicKey.Hybrid import HybridKey
 
 from ..errors import IntegrityError, InvalidKeyError
 from . import textcodec
-from .slots import SLOT_ID_SIZE, X25519, XWING, Identity, Recipient, SlotRecord
+from .slots import BODY_SIZES, SLOT_ID_SIZE, X25519, XWING, Identity, Recipient, SlotRecord
 
 ENC_SIZES = {X25519: 32, XWING: 1120}
 PUBLIC_SIZES = {X25519: 32, XWING: 1216}
@@ -132,7 +132,8 @@ class PublicKeyIdentity(Identity):
         return data_key
 
     def opens_ignoring_id(self, record: SlotRecord, file_id: bytes) -> bool:
-        if record.slot_type != self.slot_type:
+        # Judged by the body alone: an altered type byte must not turn tampering into "wrong key".
+        if len(record.body) != BODY_SIZES[self.slot_type]:
             return False
         try:
             self._open(record, file_id)

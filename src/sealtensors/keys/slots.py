@@ -12,7 +12,7 @@ import abc
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsupportedFormatError
 
 SLOT_ID_SIZE = 16
 RECORD_HEADER = struct.Struct("<BBH16s")  # type, reserved, body length, slot id
@@ -59,6 +59,8 @@ def parse_records(buffer: bytes, count: int) -> tuple[SlotRecord, ...]:
         offset += RECORD_HEADER.size
         if reserved:
             raise FormatError("a key slot's reserved byte is not zero")
+        if slot_type not in TYPE_NAMES:
+            raise UnsupportedFormatError(f"key slot type {slot_type} is not supported by this reader")
         if body_length > len(buffer) - offset:
             raise FormatError("a key slot's body runs past the slot table")
         expected = BODY_SIZES.get(slot_type)

@@ -14,7 +14,7 @@ import hmac
 from ..crypto import chunked
 from ..crypto.hkdf import hkdf_expand
 from ..errors import CommitmentError, IntegrityError, InvalidKeyError
-from .slots import SLOT_ID_SIZE, SYMMETRIC, Identity, Recipient, SlotRecord
+from .slots import BODY_SIZES, SLOT_ID_SIZE, SYMMETRIC, Identity, Recipient, SlotRecord
 
 KEY_SIZE = 32
 SLOT_ID_LABEL = b"sealtensors/v2/slot-id\x00"
@@ -63,7 +63,8 @@ class SymmetricKey(Recipient, Identity):
             raise IntegrityError("a key slot for this key was altered") from None
 
     def opens_ignoring_id(self, record: SlotRecord, file_id: bytes) -> bool:
-        if record.slot_type != SYMMETRIC:
+        # Judged by the body alone: an altered type byte must not turn tampering into "wrong key".
+        if len(record.body) != BODY_SIZES[SYMMETRIC]:
             return False
         try:
             chunked.open_message(self._key, record.body[:chunked.HEADER_SIZE], CONTEXT_LABEL + file_id)
