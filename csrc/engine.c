@@ -13,7 +13,9 @@
  * a 1 MiB span, so helpers are created lazily (never more than the largest thread count a call
  * asked for, minus one) and sleep on their own condition variable between calls. A call only takes
  * helpers that are idle and never waits for one, so concurrent calls cannot deadlock: with none
- * free, the calling thread does the whole job. Key and provider state stay per call; a helper keeps
+ * free, the calling thread does the whole job. Helpers idle for longer than the idle timeout
+ * (st_pool_set_idle_timeout, 2 s by default) exit, so the pool shrinks back to what recent calls
+ * use. Key and provider state stay per call; a helper keeps
  * only its read and bounce buffers. After fork() the child has no helpers: an atfork handler
  * forgets them and the child's next parallel call starts new ones.
  */
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -447,33 +450,108 @@ static void work(worker *w)
 
 typedef struct helper {
     pthread_t thread;
-    pthread_cond_t wake;
+    pthread_cond_t wake; /* on CLOCK_MONOTONIC, for the idle timeout */
     worker *task;    /* this call's part, set by the caller; NULL again once it is done */
     int quit;        /* st_pool_shutdown */
+    int on_idle;     /* on the idle stack (and so free to retire once idle long enough) */
     uint8_t *readbuf; /* scratch kept across calls (ST_READBUF_LEN bytes), or NULL */
     uint8_t *bounce;  /* one chunk, 64-byte aligned, wiped after every call; or NULL */
 } helper;
 
 /* Every helper is listed in `all` (so the memory stays reachable for leak checkers); the idle ones
- * are also on the `idle` stack. One lock guards the lists, every helper's `task`/`quit` and every
- * job's `pending`; it is never held while chunks are processed. */
+ * are also on the `idle` stack. One lock guards the lists, every helper's `task`/`quit`/`on_idle`,
+ * `creating`, `idle_ms` and every job's `pending`; it is never held while chunks are processed nor
+ * while threads are created.
+ *
+ * Shrinking: a helper that stays on the idle stack for `idle_ms` takes itself off the lists, detaches
+ * and exits, freeing its buffers. The stack is LIFO, so calls keep reusing the helpers that came back
+ * last and the ones beyond what recent calls asked for are the ones that time out: a single call
+ * with threads=256 no longer leaves 255 helpers (and their 144 KiB of buffers and their stacks)
+ * behind for the life of the process. */
+#define ST_POOL_IDLE_MS_DEFAULT 2000
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t done; /* some helper finished its part of some job */
     int count, nidle;
+    int creating; /* helpers being created outside the lock, counted against the cap */
+    unsigned idle_ms; /* 0: helpers never retire */
     helper *all[ST_MAX_THREADS - 1];
     helper *idle[ST_MAX_THREADS - 1];
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}, {0}};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, ST_POOL_IDLE_MS_DEFAULT,
+          {0}, {0}};
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void helper_free(helper *h)
+{
+    free(h->readbuf);
+    if (h->bounce)
+        st_wipe(h->bounce, ST_CHUNK_SIZE);
+    free(h->bounce);
+    free(h);
+}
+
+/* Take an idle helper off both lists (under the lock). */
+static void pool_forget(helper *h)
+{
+    for (int i = 0; i < pool.nidle; i++) {
+        if (pool.idle[i] == h) { /* keep the stack's order: the top stays the most recent */
+            memmove(&pool.idle[i], &pool.idle[i + 1], (size_t)(pool.nidle - i - 1) * sizeof h);
+            pool.nidle--;
+            break;
+        }
+    }
+    for (int i = 0; i < pool.count; i++) {
+        if (pool.all[i] == h) {
+            pool.all[i] = pool.all[--pool.count];
+            break;
+        }
+    }
+}
+
+static struct timespec idle_deadline(unsigned ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
 
 static void *helper_main(void *arg)
 {
     helper *h = arg;
     pthread_mutex_lock(&pool.lock);
     for (;;) {
-        while (!h->task && !h->quit)
-            pthread_cond_wait(&h->wake, &pool.lock);
+        struct timespec deadline;
+        int timing = 0;
+        unsigned timing_ms = 0;
+        while (!h->task && !h->quit) {
+            if (!h->on_idle || pool.idle_ms == 0) { /* taken by a caller, or no timeout */
+                timing = 0;
+                pthread_cond_wait(&h->wake, &pool.lock);
+                continue;
+            }
+            if (!timing || timing_ms != pool.idle_ms) { /* spurious wakes keep the deadline */
+                deadline = idle_deadline(pool.idle_ms);
+                timing_ms = pool.idle_ms;
+                timing = 1;
+            }
+            if (pthread_cond_timedwait(&h->wake, &pool.lock, &deadline) == ETIMEDOUT &&
+                !h->task && !h->quit && h->on_idle) {
+                /* idle too long: retire. Off the lists, no caller can take it any more. */
+                pool_forget(h);
+                pthread_mutex_unlock(&pool.lock);
+                pthread_detach(pthread_self());
+                pthread_cond_destroy(&h->wake);
+                helper_free(h);
+                return NULL;
+            }
+        }
         if (!h->task)
             break;
         worker *w = h->task;
@@ -486,28 +564,23 @@ static void *helper_main(void *arg)
         if (--w->job->pending == 0)
             pthread_cond_broadcast(&pool.done);
         h->task = NULL;
+        h->on_idle = 1;
         pool.idle[pool.nidle++] = h;
     }
     pthread_mutex_unlock(&pool.lock);
     return NULL;
 }
 
-static void helper_free(helper *h)
-{
-    free(h->readbuf);
-    free(h->bounce);
-    free(h);
-}
-
 /* fork() holds the lock so that the child copies a consistent pool; the child then drops the
- * helpers, whose threads exist only in the parent (glibc has reset malloc's locks by now). */
+ * helpers, whose threads exist only in the parent (glibc has reset malloc's locks by now). Helpers
+ * another thread was creating at the time are not listed yet and do not exist in the child. */
 static void pool_fork_prepare(void) { pthread_mutex_lock(&pool.lock); }
 static void pool_fork_parent(void) { pthread_mutex_unlock(&pool.lock); }
 static void pool_fork_child(void)
 {
     for (int i = 0; i < pool.count; i++)
         helper_free(pool.all[i]); /* no pthread_cond_destroy: waiters of the parent are counted */
-    pool.count = pool.nidle = 0;
+    pool.count = pool.nidle = pool.creating = 0;
     pool.done = (pthread_cond_t)PTHREAD_COND_INITIALIZER;
     pthread_mutex_unlock(&pool.lock);
 }
@@ -522,13 +595,23 @@ static void pool_init(void)
     pool_enabled = pthread_atfork(pool_fork_prepare, pool_fork_parent, pool_fork_child) == 0;
 }
 
-/* A new helper with no task yet (only its creator knows it), or NULL. */
+/* A new helper with no task yet and not idle (only its creator knows it), or NULL. Called without
+ * the pool lock: pthread_create takes glibc's own locks, and holding ours meanwhile would order
+ * them against fork()'s prepare handler. */
 static helper *helper_new(void)
 {
     helper *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
-    if (pthread_cond_init(&h->wake, NULL) != 0) {
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0) {
+        free(h);
+        return NULL;
+    }
+    int ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+             pthread_cond_init(&h->wake, &attr) == 0;
+    pthread_condattr_destroy(&attr);
+    if (!ok) {
         free(h);
         return NULL;
     }
@@ -546,8 +629,9 @@ static helper *helper_new(void)
     return h;
 }
 
-/* Take up to `want` helpers for one call: idle ones first, then new ones while the pool is smaller
- * than `want`. Never waits for a busy helper. Returns how many were taken (into `got`). */
+/* Take up to `want` helpers for one call: idle ones first (the most recently used on top), then
+ * new ones while the pool (with the helpers other calls are creating) is smaller than `want`.
+ * Never waits for a busy helper. Returns how many were taken (into `got`). */
 static int pool_take(helper **got, int want)
 {
     pthread_once(&pool_once, pool_init);
@@ -555,17 +639,29 @@ static int pool_take(helper **got, int want)
         return 0;
     pthread_mutex_lock(&pool.lock);
     int n = 0;
-    while (n < want && pool.nidle > 0)
-        got[n++] = pool.idle[--pool.nidle];
-    while (n < want && pool.count < want) {
-        helper *h = helper_new();
-        if (!h)
-            break; /* go on with fewer helpers */
-        pool.all[pool.count++] = h;
+    while (n < want && pool.nidle > 0) {
+        helper *h = pool.idle[--pool.nidle];
+        h->on_idle = 0;
         got[n++] = h;
     }
+    int create = want - n;
+    int room = want - pool.count - pool.creating;
+    if (create > room)
+        create = room > 0 ? room : 0;
+    pool.creating += create;
     pthread_mutex_unlock(&pool.lock);
-    return n;
+    if (create == 0)
+        return n;
+
+    int made = 0;
+    while (made < create && (got[n + made] = helper_new()) != NULL)
+        made++; /* on failure go on with fewer helpers */
+    pthread_mutex_lock(&pool.lock);
+    pool.creating -= create;
+    for (int i = 0; i < made; i++)
+        pool.all[pool.count++] = got[n + i];
+    pthread_mutex_unlock(&pool.lock);
+    return n + made;
 }
 
 static void pool_give_back(helper **h, int n)
@@ -573,9 +669,30 @@ static void pool_give_back(helper **h, int n)
     if (n <= 0)
         return;
     pthread_mutex_lock(&pool.lock);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        h[i]->on_idle = 1;
         pool.idle[pool.nidle++] = h[i];
+    }
     pthread_mutex_unlock(&pool.lock);
+}
+
+void st_pool_set_idle_timeout(unsigned milliseconds)
+{
+    pthread_mutex_lock(&pool.lock);
+    pool.idle_ms = milliseconds;
+    for (int i = 0; i < pool.nidle; i++) /* idle helpers count the new timeout from now */
+        pthread_cond_signal(&pool.idle[i]->wake);
+    pthread_mutex_unlock(&pool.lock);
+}
+
+int st_pool_size(int *idle)
+{
+    pthread_mutex_lock(&pool.lock);
+    int count = pool.count;
+    if (idle)
+        *idle = pool.nidle;
+    pthread_mutex_unlock(&pool.lock);
+    return count;
 }
 
 void st_pool_shutdown(void)

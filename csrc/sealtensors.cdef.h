@@ -58,6 +58,9 @@ int st_default_threads(void);
 int st_cpu_count(void);
 const char *st_status_message(int code);
 
+void st_pool_set_idle_timeout(unsigned milliseconds);
+int st_pool_size(int *idle);
+
 void st_wipe(void *ptr, size_t len);
 int st_lock_memory(void *ptr, size_t len);
 int st_unlock_memory(void *ptr, size_t len);

@@ -116,6 +116,12 @@ const char *st_status_message(int code);
  * as the process and stays reachable); for tests and leak checkers. */
 void st_pool_shutdown(void);
 
+/* Helpers idle for this long exit (default 2000 ms; 0: they never do). Takes effect for idle
+ * helpers at once. Thread safe. */
+void st_pool_set_idle_timeout(unsigned milliseconds);
+/* Helpers alive now (and, when `idle` is not NULL, how many of them are idle). Thread safe. */
+int st_pool_size(int *idle);
+
 /* Memory helpers for the loader. */
 void st_wipe(void *ptr, size_t len);
 int st_lock_memory(void *ptr, size_t len);   /* 0 or errno */

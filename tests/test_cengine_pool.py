@@ -144,3 +144,79 @@ def test_concurrent_callers_share_the_pool(engine, sealed):
         thread.join(timeout=120)
     assert not any(thread.is_alive() for thread in callers), "a caller is stuck"
     assert not failures, failures[:5]
+
+
+def _threads_alive() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.fixture
+def short_idle_timeout():
+    cengine.set_pool_idle_timeout(0.1)
+    try:
+        yield 0.1
+    finally:
+        cengine.set_pool_idle_timeout(2.0)
+
+
+def _wait_for(predicate, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_idle_helpers_retire(engine, sealed, short_idle_timeout):
+    """A call with many threads leaves many helpers; once idle past the timeout they exit (threads
+    and memory), and the next parallel call starts what it needs again."""
+    plaintext, ciphertext = sealed
+    before = _threads_alive()
+    out = bytearray(PLAIN)
+    engine.decrypt_span(KEY, NONCE, 0, ciphertext, out, final=True, threads=16)
+    assert out == plaintext
+    total, idle = cengine.pool_size()
+    assert total >= 1 and idle == total
+    assert _wait_for(lambda: cengine.pool_size() == (0, 0))
+    assert _wait_for(lambda: _threads_alive() <= before)
+    out[:] = bytes(PLAIN)
+    engine.decrypt_span(KEY, NONCE, 0, ciphertext, out, final=True, threads=4)
+    assert out == plaintext
+    assert 1 <= cengine.pool_size()[0] <= 3
+
+
+def test_pool_shrinks_to_what_recent_calls_use(engine, sealed, short_idle_timeout):
+    """After one threads=16 call, calls with threads=4 keep reusing the three helpers that came
+    back last; the other twelve retire."""
+    import time
+
+    plaintext, ciphertext = sealed
+    out = bytearray(PLAIN)
+    engine.decrypt_span(KEY, NONCE, 0, ciphertext, out, final=True, threads=16)
+    grown = cengine.pool_size()[0]
+    assert grown > 3
+    stop = time.monotonic() + 1.0
+    while time.monotonic() < stop:
+        engine.decrypt_span(KEY, NONCE, 0, ciphertext, out, final=True, threads=4)
+        assert out == plaintext
+    assert 1 <= cengine.pool_size()[0] <= 3
+
+
+def test_no_idle_timeout_keeps_helpers(engine, sealed):
+    import time
+
+    plaintext, ciphertext = sealed
+    cengine.set_pool_idle_timeout(0)
+    try:
+        out = bytearray(PLAIN)
+        engine.decrypt_span(KEY, NONCE, 0, ciphertext, out, final=True, threads=8)
+        kept = cengine.pool_size()[0]
+        time.sleep(0.3)
+        assert cengine.pool_size()[0] == kept > 0
+    finally:
+        cengine.set_pool_idle_timeout(2.0)
+    with pytest.raises(ValueError):
+        cengine.set_pool_idle_timeout(-1)

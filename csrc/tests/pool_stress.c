@@ -2,7 +2,7 @@
  * Hammer the span engine's helper pool: many chunks, concurrent callers (more of them than helpers)
  * each asking for a different thread count on every call, tampered chunks (the lowest failing chunk
  * must win every time), the pread path, truncated and unreadable files, and a pool shut down and
- * rebuilt between passes.
+ * rebuilt between passes, and helpers that retire after 1 ms idle (created again all the time).
  * Built and run under ThreadSanitizer by scripts/tsan_pool.sh; exits non-zero on any wrong answer.
  *
  *   pool_stress [rounds]
@@ -204,6 +204,9 @@ int main(int argc, char **argv)
             pwrite(cut_fd, reference, CUT, 0) != (ssize_t)CUT)
             return 2;
         for (int pass = 0; pass < 2; pass++) {
+            /* the second pass lets helpers retire after 1 ms idle: they exit and are created
+             * again all the time, while other callers take, use and give back the rest */
+            st_pool_set_idle_timeout(pass == 0 ? 0 : 1);
             pthread_t threads[CALLERS];
             caller_arg args[CALLERS];
             for (int i = 0; i < CALLERS; i++) {
@@ -212,6 +215,13 @@ int main(int argc, char **argv)
             }
             for (int i = 0; i < CALLERS; i++)
                 pthread_join(threads[i], NULL);
+            if (pass == 1) { /* idle helpers are gone after a while, without a shutdown */
+                st_pool_set_idle_timeout(20);
+                for (int wait = 0; wait < 200 && st_pool_size(NULL) > 0; wait++)
+                    usleep(10000);
+                if (st_pool_size(NULL) != 0)
+                    fail("idle helpers did not retire", -1, 0, st_pool_size(NULL), -1);
+            }
             st_pool_shutdown(); /* the next pass (and provider) starts new helpers */
         }
         printf("%s (%s): %d callers x %d rounds x 2 passes done\n", st_provider_name(provider),

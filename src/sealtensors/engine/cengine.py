@@ -62,7 +62,7 @@ _PROVIDER_NAMES = {value: name for name, value in PROVIDERS.items()}
 PROVIDER_CHOICES = ("auto", *PROVIDERS)
 
 __all__ = ["CEngine", "available_providers", "wipe", "lock_memory", "unlock_memory",
-           "default_threads"]
+           "default_threads", "pool_size", "set_pool_idle_timeout"]
 
 
 def available_providers() -> list[str]:
@@ -88,6 +88,20 @@ def default_threads() -> int:
         # more than 3 significant digits is over the cap, and may be more than int() accepts
         return _MAX_THREADS if len(digits) > 3 else min(int(digits), _MAX_THREADS)
     return lib.st_cpu_count()
+
+
+def pool_size() -> tuple[int, int]:
+    """(helper threads alive, how many of them are idle) in the C engine's resident pool."""
+    idle = ffi.new("int *")
+    total = lib.st_pool_size(idle)
+    return total, idle[0]
+
+
+def set_pool_idle_timeout(seconds: float) -> None:
+    """Helper threads idle for longer than ``seconds`` exit (default 2 s; 0: never). Process-wide."""
+    if seconds < 0:
+        raise ValueError("the idle timeout must be >= 0 seconds")
+    lib.st_pool_set_idle_timeout(min(int(round(seconds * 1000)), 0xFFFFFFFF))
 
 
 def _address(buffer, writable: bool):
