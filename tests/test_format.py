@@ -1,50 +1,58 @@
-"""The sealed file format: header layout, the hostile-input checks of the header and index parsers,
-and limits tested with crafted headers (fake lengths, nothing huge allocated)."""
+"""The sealed file format v2: header layout, the hostile-input checks of the preamble, header-copy
+and index parsers, and limits tested with crafted headers (fake lengths, nothing huge allocated)."""
 
 from __future__ import annotations
 
 import json
 import secrets
-import struct
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from sealcraft import assemble, craft, header_of, layout
 from sealtensors.crypto import chunked
-from sealtensors.format import container
+from sealtensors.format import container, trailer
 from sealtensors.format import index
 from sealtensors.format.dtypes import DTYPE_NAMES, item_size
 from sealtensors.errors import FormatError, IntegrityError, UnsupportedFormatError
-from sealtensors.keys.keyfile.keyfile import key_id
+from sealtensors.keys import slots as slot_types
+from sealtensors.keys.keyfile import key_id
+from sealtensors.keys.symmetric import SymmetricKey
 from sealtensors.numpy import load, save
 from sealtensors.reader import SealedReader
 
 KEY = bytes(range(32))
 MIN_MESSAGE = chunked.HEADER_SIZE + chunked.TAG_SIZE  # an empty chunked message: 72 bytes
+P = container.PREAMBLE_SIZE
+C = container.MIN_CAPACITY
 
 
-def fixed(*, magic=container.MAGIC, version=1, suite=1, reserved0=0, file_id=bytes(16),
-          index_len=MIN_MESSAGE, data_len=MIN_MESSAGE, slots=1, reserved1=0) -> bytes:
-    return struct.pack("<8sHHI16sQQII", magic, version, suite, reserved0, file_id, index_len,
-                       data_len, slots, reserved1)
+def preamble(*, magic=container.MAGIC, version=2, suite=1, active=0, reserved0=bytes(3),
+             capacity=C, reserved1=bytes(12)) -> bytes:
+    return container.PREAMBLE.pack(magic, version, suite, active, reserved0, capacity, reserved1)
 
 
-def craft_sealed(index_plaintext: bytes, data_plaintext: bytes = b"", keys=(KEY,), *,
-                 data_key: bytes | None = None, file_id: bytes | None = None,
-                 index_len: int | None = None, data_len: int | None = None) -> bytes:
-    """A sealed file with a correct header MAC around an arbitrary index and data plaintext
-    (the writer would refuse a malformed index; the reader must not trust it either). ``index_len``
-    and ``data_len`` override the lengths the header claims."""
-    data_key = data_key or secrets.token_bytes(32)
-    file_id = file_id or secrets.token_bytes(16)
-    index_message = chunked.encrypt(data_key, index_plaintext, container.index_context(file_id))
-    data_message = chunked.encrypt(data_key, data_plaintext,
-                                   container.data_context(file_id, index_plaintext))
-    slots = [container.wrap_key(k, data_key, file_id) for k in keys]
-    header = container.build(file_id, len(index_message) if index_len is None else index_len,
-                             len(data_message) if data_len is None else data_len, slots, data_key)
-    return header + index_message + data_message
+def one_record(slot_type=slot_types.SYMMETRIC, body_length=104):
+    return slot_types.SlotRecord(slot_type, bytes(range(16)), bytes(body_length))
+
+
+def copy(*, file_id=bytes(16), sequence=0, index_len=MIN_MESSAGE, data_len=MIN_MESSAGE,
+         trailer_len=0, trailer_digest=bytes(32), count=1, table=None, table_length=None,
+         mac=bytes(32), padding=b"", capacity=C) -> bytes:
+    """One header copy with explicit fields (the parser does not check the MAC)."""
+    table = one_record().to_bytes() if table is None else table
+    table_length = len(table) if table_length is None else table_length
+    raw = container.COPY_FIXED.pack(file_id, sequence, index_len, data_len, trailer_len,
+                                    trailer_digest, count, table_length) + table + mac + padding
+    return raw + bytes(max(0, capacity - len(raw)))
+
+
+def parse(**fields) -> container.Header:
+    pre = {k: fields.pop(k) for k in ("version", "suite", "active", "reserved0", "reserved1",
+                                      "magic") if k in fields}
+    capacity = fields.get("capacity", C)
+    return container.parse(preamble(capacity=capacity, **pre), copy(**fields))
 
 
 def document(tensors, metadata=None) -> bytes:
@@ -61,127 +69,231 @@ def entry(name="t", dtype="U8", shape=(4,), offsets=(0, 4)) -> dict:
 def test_header_layout_of_a_real_file():
     tensors = {"a": np.arange(10, dtype=np.float32), "b": np.ones((2, 3), dtype=np.uint8)}
     sealed = save(tensors, [KEY, bytes(32)], {"k": "v"})
-    magic, version, suite, r0, file_id, index_len, data_len, slots, r1 = \
-        struct.unpack_from("<8sHHI16sQQII", sealed)
-    assert (magic, version, suite, r0, r1, slots) == (b"SEALTENS", 1, 1, 0, 0, 2)
-    header_size = 56 + 120 * 2 + 32
-    assert container.header_size(2) == header_size
-    assert len(sealed) == header_size + index_len + data_len
-    assert sealed[56:72] == key_id(KEY) and sealed[176:192] == key_id(bytes(32))
-    assert container.WRAPPED_KEY_SIZE == 104 == chunked.ciphertext_length(32)
-    header = container.parse(sealed)
+    magic, version, suite, active, r0, capacity, r1 = container.PREAMBLE.unpack_from(sealed)
+    assert (magic, version, suite, active, r0, r1) == (b"SEALTENS", 2, 1, 0, bytes(3), bytes(12))
+    table_length = 2 * (20 + 104)
+    # FORMAT.md section 10 step 7: room for recipients added later, in 4 KiB units
+    assert capacity == max(4096, -(-(88 + table_length + 32 + 8192) // 4096) * 4096) == 12288
+    (file_id, sequence, index_len, data_len, trailer_len, trailer_digest, count,
+     stored_table_length) = container.COPY_FIXED.unpack_from(sealed, P)
+    assert (sequence, trailer_len, trailer_digest, count, stored_table_length) \
+        == (0, 0, bytes(32), 2, table_length)
+    region = P + 2 * capacity
+    assert len(sealed) == region + index_len + data_len
+    assert sealed[P + capacity:region] == bytes(capacity), "copy 1 of a new file is zero"
+    records = sealed[P + 88:P + 88 + table_length]
+    for number, key in enumerate((KEY, bytes(32))):
+        record = records[number * 124:(number + 1) * 124]
+        assert record[:4] == bytes([1, 0]) + (104).to_bytes(2, "little")
+        assert record[4:20] == SymmetricKey(key).slot_id(file_id)
+    # The key's public name is never stored: slot ids differ per file.
+    assert key_id(KEY) not in sealed and key_id(bytes(32)) not in sealed
+    mac_at = P + 88 + table_length
+    assert not any(sealed[mac_at + 32:P + capacity]), "zero padding after the MAC"
+    header = header_of(sealed)
     assert header.file_id == file_id and header.file_length == len(sealed)
-    assert header.data_offset == header_size + index_len
+    assert header.mac == sealed[mac_at:mac_at + 32]
+    assert header.index_offset == region and header.data_offset == region + index_len
+    assert container.capacity_for(table_length) == capacity
     with SealedReader.from_bytes(sealed, KEY) as reader:
         assert reader.data_length == chunked.plaintext_length(data_len)
         assert [t.begin for t in reader.index.tensors] == [0, 64]
         assert reader.data_length == 64 + 6
 
 
+def test_slot_ids_differ_between_files_of_one_key():
+    first, second = save({}, KEY), save({}, KEY)
+    assert header_of(first).slots[0].slot_id != header_of(second).slots[0].slot_id
+
+
 def test_crafted_file_helper_round_trip():
     idx = index.layout([("x", "U8", (5,))], {"m": "n"})
-    sealed = craft_sealed(index.serialize(idx), b"hello")
+    sealed = craft(index.serialize(idx), b"hello")
     assert load(sealed, KEY)["x"].tobytes() == b"hello"
+    assert layout(sealed).header.capacity == container.capacity_for(124)
 
 
-# --- fixed header ---------------------------------------------------------------------------------
+# --- preamble -------------------------------------------------------------------------------------
 
 
-def test_parse_fixed_accepts_a_minimal_header():
-    assert container.parse_fixed(fixed()) == (1, 1, bytes(16), MIN_MESSAGE, MIN_MESSAGE, 1)
-    assert container.parse_fixed(fixed(slots=container.MAX_SLOTS))[5] == container.MAX_SLOTS
-    big = container.MAX_DATA_MESSAGE
-    assert container.parse_fixed(fixed(data_len=big))[4] == big
-    assert container.parse_fixed(fixed(index_len=container.MAX_INDEX_MESSAGE))[3] \
-        == container.MAX_INDEX_MESSAGE
+def test_parse_preamble_accepts_minimal_and_maximal_capacity():
+    assert container.parse_preamble(preamble()) == (2, 1, 0, C)
+    assert container.parse_preamble(preamble(active=1, capacity=container.MAX_CAPACITY)) \
+        == (2, 1, 1, container.MAX_CAPACITY)
 
 
-@pytest.mark.parametrize("prefix", [b"", b"S", b"SEALTEN", b"SEALTENZ" + bytes(48),
-                                    b"sealtens" + fixed()[8:], bytes(56), b"\x00" * 15,
-                                    b"PK\x03\x04" + bytes(52), fixed()[1:] + b"\x00"])
+@pytest.mark.parametrize("prefix", [b"", b"S", b"SEALTEN", b"SEALTENZ" + bytes(24),
+                                    b"sealtens" + preamble()[8:], bytes(32), b"\x00" * 15,
+                                    b"PK\x03\x04" + bytes(28), preamble()[1:] + b"\x00"])
 def test_bad_magic(prefix):
     with pytest.raises(FormatError, match="magic") as info:
-        container.parse_fixed(prefix)
+        container.parse_preamble(prefix)
     assert not isinstance(info.value, UnsupportedFormatError)
 
 
-@pytest.mark.parametrize("length", [8, 9, 11, 12, 15])
+@pytest.mark.parametrize("length", [8, 9, 10, 11, 12, 13, 16, 20, 31])
 def test_truncated_preamble_with_good_magic_is_truncation(length):
     with pytest.raises(IntegrityError, match="truncated"):
-        container.parse_fixed(fixed()[:length])
+        container.parse_preamble(preamble()[:length])
 
 
-@pytest.mark.parametrize("length", [10, 12, 16, 40])
-def test_short_file_of_a_future_version_is_unsupported(length):
-    future = bytearray(fixed())
-    future[8:10] = (2).to_bytes(2, "little")
-    with pytest.raises(UnsupportedFormatError):
-        container.parse_fixed(bytes(future[:length]))
+@pytest.mark.parametrize("version", [1, 3, 0xFFFF])
+@pytest.mark.parametrize("length", [10, 12, 16, 32])
+def test_short_file_of_another_version_is_unsupported(version, length):
+    with pytest.raises(UnsupportedFormatError) as info:
+        container.parse_preamble(preamble(version=version)[:length])
+    if version == 1:
+        assert "reseal" in str(info.value)
 
 
-@pytest.mark.parametrize("length", [16, 17, 40, 55])
-def test_truncated_inside_fixed_header(length):
-    with pytest.raises(IntegrityError, match="truncated"):
-        container.parse_fixed(fixed()[:length])
-
-
-@pytest.mark.parametrize("fields", [dict(version=0), dict(version=2), dict(version=0xFFFF),
-                                    dict(suite=0), dict(suite=2), dict(suite=0xFFFF),
-                                    dict(version=2, suite=7)])
+@pytest.mark.parametrize("fields", [dict(version=0), dict(version=1), dict(version=3),
+                                    dict(version=0xFFFF), dict(suite=0), dict(suite=2),
+                                    dict(suite=0xFFFF), dict(version=3, suite=7)])
 def test_unsupported_version_or_suite(fields):
     with pytest.raises(UnsupportedFormatError):
-        container.parse_fixed(fixed(**fields))
-
-
-WHOLE_CHUNK_NO_FINAL = chunked.HEADER_SIZE + chunked.ENCRYPTED_CHUNK_SIZE
+        container.parse_preamble(preamble(**fields))
+    with pytest.raises(UnsupportedFormatError):
+        container.parse(preamble(**fields), copy())
 
 
 @pytest.mark.parametrize("fields", [
-    dict(reserved0=1), dict(reserved1=0x80000000),
-    dict(slots=0), dict(slots=container.MAX_SLOTS + 1), dict(slots=2**32 - 1),
-    dict(index_len=0), dict(index_len=MIN_MESSAGE - 1), dict(index_len=2**63),
-    dict(index_len=2**64 - 1), dict(index_len=container.MAX_INDEX_MESSAGE + 1),
-    dict(index_len=WHOLE_CHUNK_NO_FINAL), dict(index_len=MIN_MESSAGE + 5 * chunked.ENCRYPTED_CHUNK_SIZE - 3),
-    dict(data_len=0), dict(data_len=MIN_MESSAGE - 1), dict(data_len=2**63), dict(data_len=2**64 - 1),
-    dict(data_len=container.MAX_DATA_MESSAGE + 1), dict(data_len=WHOLE_CHUNK_NO_FINAL),
-    dict(data_len=WHOLE_CHUNK_NO_FINAL + 15),
-    dict(data_len=container.MAX_DATA_MESSAGE + chunked.ENCRYPTED_CHUNK_SIZE),
+    dict(reserved0=b"\x01\x00\x00"), dict(reserved0=b"\x00\x00\x80"),
+    dict(reserved1=b"\x00" * 11 + b"\x01"), dict(reserved1=b"\xff" * 12),
+    dict(active=2), dict(active=0x80), dict(active=0xFF),
+    dict(capacity=0), dict(capacity=1), dict(capacity=4095), dict(capacity=4097),
+    dict(capacity=8191), dict(capacity=container.MAX_CAPACITY + 4096),
+    dict(capacity=container.MAX_CAPACITY - 1), dict(capacity=2**31), dict(capacity=2**32 - 4096),
 ])
-def test_impossible_fixed_fields(fields):
+def test_impossible_preamble_fields(fields):
     with pytest.raises(FormatError) as info:
-        container.parse_fixed(fixed(**fields))
+        container.parse_preamble(preamble(**fields))
     assert not isinstance(info.value, UnsupportedFormatError)
 
 
-@given(st.binary(min_size=56, max_size=56))
-def test_parse_fixed_random_bytes(prefix):
-    """Random headers raise FormatError/IntegrityError (never struct.error or OverflowError)."""
-    for candidate in (prefix, container.MAGIC + prefix[8:]):
+@given(st.binary(min_size=32, max_size=32))
+def test_parse_preamble_random_bytes(prefix):
+    """Random preambles raise FormatError/IntegrityError (never struct.error or OverflowError)."""
+    for candidate in (prefix, container.MAGIC + prefix[8:],
+                      container.MAGIC + b"\x02\x00\x01\x00" + prefix[12:]):
         try:
-            container.parse_fixed(candidate)
+            container.parse_preamble(candidate)
         except (FormatError, IntegrityError):
             pass
 
 
-def test_header_truncated_inside_slots():
-    header = fixed(slots=container.MAX_SLOTS)
+# --- the active header copy -----------------------------------------------------------------------
+
+
+def test_parse_accepts_a_minimal_header():
+    header = parse()
+    assert (header.version, header.suite, header.active, header.capacity) == (2, 1, 0, C)
+    assert (header.index_length, header.data_length, header.trailer_length) \
+        == (MIN_MESSAGE, MIN_MESSAGE, 0)
+    assert header.region_size == P + 2 * C and header.file_length == P + 2 * C + 2 * MIN_MESSAGE
+    big = container.MAX_DATA_MESSAGE
+    assert parse(data_len=big).data_length == big
+    assert parse(index_len=container.MAX_INDEX_MESSAGE).index_length == container.MAX_INDEX_MESSAGE
+    signed = trailer.trailer_length(MIN_MESSAGE)
+    assert parse(trailer_len=signed, trailer_digest=b"\x01" * 32).trailer_length == signed
+    assert parse(active=1).copy_offset == P + C
+
+
+def test_parse_accepts_the_most_slots():
+    records = [slot_types.SlotRecord(1, i.to_bytes(16, "little"), bytes(104))
+               for i in range(container.MAX_SLOTS)]
+    table = b"".join(r.to_bytes() for r in records)
+    capacity = container.capacity_for(len(table))
+    header = container.parse(preamble(capacity=capacity),
+                             copy(count=container.MAX_SLOTS, table=table, capacity=capacity))
+    assert len(header.slots) == container.MAX_SLOTS
+
+
+WHOLE_CHUNK_NO_FINAL = chunked.HEADER_SIZE + chunked.ENCRYPTED_CHUNK_SIZE
+SIGNED_MIN = trailer.trailer_length(MIN_MESSAGE)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(count=0), dict(count=container.MAX_SLOTS + 1), dict(count=2**32 - 1),
+    dict(table_length=C - 88 - 32 + 1), dict(table_length=2**32 - 1),
+    dict(index_len=0), dict(index_len=MIN_MESSAGE - 1), dict(index_len=2**63),
+    dict(index_len=2**64 - 1), dict(index_len=container.MAX_INDEX_MESSAGE + 1),
+    dict(index_len=WHOLE_CHUNK_NO_FINAL),
+    dict(index_len=MIN_MESSAGE + 5 * chunked.ENCRYPTED_CHUNK_SIZE - 3),
+    dict(data_len=0), dict(data_len=MIN_MESSAGE - 1), dict(data_len=2**63), dict(data_len=2**64 - 1),
+    dict(data_len=container.MAX_DATA_MESSAGE + 1), dict(data_len=WHOLE_CHUNK_NO_FINAL),
+    dict(data_len=WHOLE_CHUNK_NO_FINAL + 15),
+    dict(data_len=container.MAX_DATA_MESSAGE + chunked.ENCRYPTED_CHUNK_SIZE),
+    dict(trailer_len=1), dict(trailer_len=SIGNED_MIN - 1), dict(trailer_len=SIGNED_MIN + 32),
+    dict(trailer_len=2**64 - 1), dict(trailer_len=trailer.FIXED_SIZE),
+    dict(trailer_digest=b"\x00" * 31 + b"\x01"),
+    dict(padding=b"\x01"), dict(padding=bytes(100) + b"\x80"),
+])
+def test_impossible_header_fields(fields):
+    with pytest.raises(FormatError) as info:
+        parse(**fields)
+    assert not isinstance(info.value, UnsupportedFormatError)
+
+
+def test_last_padding_byte_is_checked():
+    raw = bytearray(copy())
+    raw[-1] = 1
+    with pytest.raises(FormatError, match="padding"):
+        container.parse(preamble(), bytes(raw))
+
+
+@given(st.binary(min_size=0, max_size=600))
+def test_parse_random_copies(start):
+    """Random header copies (random fields and table, then zeros) raise FormatError or parse;
+    never struct.error, OverflowError or IndexError."""
+    raw = start + bytes(C - len(start))
+    for candidate in (raw, copy()[:88] + raw[88:], raw[:80] + b"\x01\x00\x00\x00" + raw[84:]):
+        try:
+            container.parse(preamble(), candidate)
+        except (FormatError, IntegrityError):
+            pass
+
+
+@pytest.mark.parametrize("length", [0, 1, 87, 88, 200, C - 1])
+def test_header_truncated_inside_the_active_copy(length):
     with pytest.raises(IntegrityError, match="truncated"):
-        container.parse(header + bytes(1000))
-    with pytest.raises(IntegrityError):
-        SealedReader.from_bytes(header + bytes(1000), KEY)
+        container.parse(preamble(), copy()[:length])
+
+
+def test_file_truncated_inside_its_header_region():
+    sealed = save({"a": np.arange(3, dtype=np.uint8)}, KEY)
+    where = layout(sealed)
+    for length in (P, P + 1, P + 88, where.mac_start, where.padding_start, where.spare_start - 1):
+        with pytest.raises(IntegrityError, match="truncated"):
+            SealedReader.from_bytes(sealed[:length], KEY)
+    for length in (where.spare_start, where.region_end - 1, where.region_end):
+        with pytest.raises(IntegrityError, match="truncated or extended"):
+            SealedReader.from_bytes(sealed[:length], KEY)
 
 
 @pytest.mark.parametrize("overrides", [
     dict(data_len=container.MAX_DATA_MESSAGE),
     dict(data_len=2 * MIN_MESSAGE - 16 + chunked.ENCRYPTED_CHUNK_SIZE),
     dict(index_len=container.MAX_INDEX_MESSAGE),
+    dict(trailer_len=SIGNED_MIN, trailer_digest=bytes(range(32))),
 ])
 def test_authenticated_lengths_larger_than_the_file(overrides):
     """Lengths under a valid MAC that the file cannot hold: refused by size, nothing allocated."""
     idx = index.serialize(index.layout([]))
-    sealed = craft_sealed(idx, b"", **overrides)
+    if "trailer_len" in overrides:
+        overrides = dict(overrides, trailer_len=trailer.trailer_length(
+            chunked.ciphertext_length(0)))
+    sealed = craft(idx, b"", **overrides)
     with pytest.raises(IntegrityError, match="truncated or extended"):
         SealedReader.from_bytes(sealed, KEY)
+
+
+def test_header_region_of_a_new_file_matches_build():
+    data_key, file_id = secrets.token_bytes(32), secrets.token_bytes(16)
+    records = [SymmetricKey(KEY).wrap(data_key, file_id)]
+    header = container.new_header(file_id, MIN_MESSAGE, MIN_MESSAGE, 0, bytes(32), records)
+    region = container.header_region(header, data_key)
+    assert region == assemble(data_key=data_key, file_id=file_id, index_len=MIN_MESSAGE,
+                              data_len=MIN_MESSAGE, records=records)
 
 
 # --- index ----------------------------------------------------------------------------------------
@@ -334,7 +446,7 @@ READER_SAMPLE = {"top-list", "top-extra-key", "metadata-int-value", "name-reserv
 def test_reader_rejects_authenticated_but_malformed_index(name, encoded, data_length):
     """The index is authenticated, yet the reader still parses it as hostile input."""
     assert name in READER_SAMPLE | {"not-json", "not-utf8"}
-    sealed = craft_sealed(encoded, bytes(data_length))
+    sealed = craft(encoded, bytes(data_length))
     with pytest.raises(FormatError):
         SealedReader.from_bytes(sealed, KEY)
 
