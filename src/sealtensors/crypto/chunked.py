@@ -50,12 +50,21 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MessageKeys:
-    """The per-message AES key and base nonce; never printed."""
+    """The per-message AES key and base nonce; never printed.
 
-    aead_key: bytes = field(repr=False)
-    base_nonce: bytes = field(repr=False)
+    Both are bytearrays so that :meth:`wipe` can overwrite them once the message is done with
+    (Python may still hold copies it made on the way, e.g. inside HKDF; those cannot be reached).
+    """
+
+    aead_key: bytearray = field(repr=False)
+    base_nonce: bytearray = field(repr=False)
+
+    def wipe(self) -> None:
+        """Overwrite the key and nonce with zeros; the keys are unusable afterwards."""
+        for secret in (self.aead_key, self.base_nonce):
+            secret[:] = bytes(len(secret))
 
 
 def _check_key(key) -> bytes:
@@ -73,10 +82,10 @@ def derive(key: bytes, salt: bytes, context: bytes = b"") -> tuple[MessageKeys, 
     key = _check_key(key)
     if len(salt) != SALT_SIZE:
         raise ValueError(f"salt must be {SALT_SIZE} bytes")
-    okm = hkdf_expand(key, _INFO_PREFIX + bytes(salt) + bytes(context),
-                      KEY_SIZE + NONCE_SIZE + COMMITMENT_SIZE, "sha512")
-    keys = MessageKeys(okm[:KEY_SIZE], okm[KEY_SIZE:KEY_SIZE + NONCE_SIZE])
-    return keys, okm[KEY_SIZE + NONCE_SIZE:]
+    okm = memoryview(hkdf_expand(key, _INFO_PREFIX + bytes(salt) + bytes(context),
+                                 KEY_SIZE + NONCE_SIZE + COMMITMENT_SIZE, "sha512"))
+    keys = MessageKeys(bytearray(okm[:KEY_SIZE]), bytearray(okm[KEY_SIZE:KEY_SIZE + NONCE_SIZE]))
+    return keys, bytes(okm[KEY_SIZE + NONCE_SIZE:])
 
 
 def new_message(key: bytes, context: bytes = b"") -> tuple[bytes, MessageKeys]:
@@ -132,8 +141,11 @@ def encrypt_into(key: bytes, plaintext, dst, context: bytes = b"", *, threads: i
         raise ValueError("destination size does not match ciphertext_length(len(plaintext))")
     header, keys = new_message(key, context)
     target[:HEADER_SIZE] = header
-    _backends.engine().encrypt_span(keys.aead_key, keys.base_nonce, 0, source, target[HEADER_SIZE:],
-                                    final=True, threads=threads)
+    try:
+        _backends.engine().encrypt_span(keys.aead_key, keys.base_nonce, 0, source,
+                                        target[HEADER_SIZE:], final=True, threads=threads)
+    finally:
+        keys.wipe()
 
 
 def encrypt(key: bytes, plaintext, context: bytes = b"", *, threads: int = 0) -> bytes:
@@ -157,19 +169,26 @@ def decrypt_into(key: bytes, ciphertext, dst, context: bytes = b"", *, threads: 
     except IntegrityError:
         target[:] = bytes(len(target))
         raise
-    if len(target) != expected:
-        raise ValueError(f"destination holds {len(target)} bytes, message decrypts to {expected}")
-    _backends.engine().decrypt_span(keys.aead_key, keys.base_nonce, 0, source[HEADER_SIZE:], target,
-                                    final=True, threads=threads)
+    try:
+        if len(target) != expected:
+            raise ValueError(f"destination holds {len(target)} bytes, message decrypts to "
+                             f"{expected}")
+        _backends.engine().decrypt_span(keys.aead_key, keys.base_nonce, 0, source[HEADER_SIZE:],
+                                        target, final=True, threads=threads)
+    finally:
+        keys.wipe()
 
 
 def decrypt(key: bytes, ciphertext, context: bytes = b"", *, threads: int = 0) -> bytes:
     """Decrypt and authenticate a whole message; returns the plaintext or raises (see module doc)."""
     source = memoryview(ciphertext).cast("B")
     keys = open_message(key, source, context)
-    out = bytearray(plaintext_length(len(source)))
-    _backends.engine().decrypt_span(keys.aead_key, keys.base_nonce, 0, source[HEADER_SIZE:], out,
-                                    final=True, threads=threads)
+    try:
+        out = bytearray(plaintext_length(len(source)))
+        _backends.engine().decrypt_span(keys.aead_key, keys.base_nonce, 0, source[HEADER_SIZE:],
+                                        out, final=True, threads=threads)
+    finally:
+        keys.wipe()
     return bytes(out)
 
 
