@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import os
 import random
+import shlex
 import struct
 import sys
 import time
@@ -243,7 +244,12 @@ def main(argv: list[str]) -> int:
         if atheris is None:
             print("atheris is not installed: running the built-in random mutator", file=sys.stderr)
         return run_fallback(target, corpus, seconds, int(os.environ.get("FUZZ_SEED", "0")))
-    atheris.Setup([argv[0]] + rest, target)
+    # With -jobs/-workers libFuzzer starts each worker as `argv[0] <flags>` through the shell: the
+    # script is not executable and a worker needs the target name too, so argv[0] is the whole,
+    # quoted command that runs this target again under this very interpreter.
+    relaunch = " ".join(shlex.quote(part) for part in
+                        (sys.executable, str(Path(__file__).resolve()), argv[1]))
+    atheris.Setup([relaunch] + rest, target)
     atheris.Fuzz()
     return 0
 

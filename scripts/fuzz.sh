@@ -12,28 +12,77 @@
 #   python fuzz/sealed_fuzzer.py index fuzz/corpus/index -max_total_time=28800 -timeout=10 -jobs=8 -workers=8
 #   fuzz/out/engine_fuzzer fuzz/corpus/engine -max_total_time=28800 -timeout=10 -max_len=4096 -jobs=8 -workers=8
 #
-# Environment: PYTHON (default: the venv's python if present, else python3), CC for the libFuzzer
-# build (default clang), FUZZ_WORKERS (parallel workers per target, default 1).
+# Exit status: 0 clean; 1 a finding (crash-*/leak-*/timeout-*/oom-* saved in fuzz/out); 2 a target
+# failed to start or stopped without a finding (no fuzzing happened: a broken build, interpreter or
+# worker command line), which is reported apart so that it is never mistaken for a finding.
+#
+# Environment: PYTHON (default: the repository's .venv/bin/python if present, else python3), CC for
+# the libFuzzer build (default clang), FUZZ_WORKERS (parallel workers per target, default 1),
+# FUZZ_SEED (a fixed seed for repeatable bounded runs).
 # Needs clang with libFuzzer (Debian: apt-get install clang libclang-rt-14-dev) for the C target and
 # atheris (pip install atheris) for the Python targets; without atheris the Python targets run under
-# the harness's built-in random mutator, and without clang the C target is skipped with a warning.
+# the harness's built-in random mutator (single process, FUZZ_WORKERS does not apply), and without
+# clang the C target is skipped with a warning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 total=${1:-60}
 workers=${FUZZ_WORKERS:-1}
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x /work/venv/bin/python ]; then PYTHON=/work/venv/bin/python; else PYTHON=python3; fi
+    if [ -x "$root/.venv/bin/python" ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=python3; fi
 fi
 CC=${CC:-clang}
 out=fuzz/out
 mkdir -p "$out" fuzz/corpus/engine
 c_time=$(( total * 2 / 5 )); py_time=$(( (total - c_time) / 2 ))
 [ "$c_time" -ge 1 ] || c_time=1; [ "$py_time" -ge 1 ] || py_time=1
-status=0
+findings=0
+broken=()
 # FUZZ_SEED makes a bounded run repeatable (CI sets it, so a run that passed once keeps passing and a
 # finding reproduces); without it libFuzzer picks a new seed each time, as long runs should.
 seed_opt=()
 [ -n "${FUZZ_SEED:-}" ] && seed_opt=(-seed="$FUZZ_SEED")
+parallel_opt=()
+[ "$workers" -gt 1 ] && parallel_opt=(-jobs="$workers" -workers="$workers")
+
+artifacts() { # the artifact files in $out, one per line
+    find "$root/$out" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
+        -o -name 'oom-*' -o -name 'slow-fallback-*' \) | sort
+}
+
+# run_target NAME WORKDIR COMMAND...: runs one fuzzing target in WORKDIR (emptied first), then
+# classifies the outcome: a new artifact is a finding; a failure without one, or a worker log that
+# never reached libFuzzer's "INFO: Seed:" line (its command could not start), is a broken target.
+run_target() {
+    local name=$1 dir=$2 rc=0
+    shift 2
+    rm -rf "$dir"; mkdir -p "$dir"
+    local before; before=$(artifacts)
+    (cd "$dir" && "$@") || rc=$?
+    # the fallback mutator saves its findings in its working directory: gather them into $out
+    find "$dir" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'slow-fallback-*' \) \
+        -exec mv -t "$root/$out" {} +
+    local new; new=$(comm -13 <(echo "$before") <(artifacts) | sed '/^$/d')
+    if [ -n "$new" ]; then
+        echo "fuzz.sh: FINDING in $name (exit $rc):" >&2
+        echo "$new" | sed 's/^/    /' >&2
+        findings=1
+        return
+    fi
+    local dead=""
+    for log in "$dir"/fuzz-*.log; do
+        [ -e "$log" ] || continue
+        grep -q "INFO: Seed:" "$log" || dead="$dead $(basename "$log")"
+    done
+    if [ "$rc" -ne 0 ] || [ -n "$dead" ]; then
+        echo "fuzz.sh: TARGET FAILED TO START OR RUN: $name (exit $rc, no finding saved)" >&2
+        [ -n "$dead" ] && echo "    workers that never started fuzzing:$dead" >&2
+        for log in "$dir"/fuzz-*.log; do
+            [ -e "$log" ] && { echo "    --- $(basename "$log"), last lines:"; tail -n 5 "$log"; } >&2
+        done
+        broken+=("$name")
+    fi
+}
 
 # --- the C engine under libFuzzer ----------------------------------------------------------------
 if command -v "$CC" >/dev/null && echo 'int LLVMFuzzerTestOneInput(const char*d,unsigned long n){return 0;}' \
@@ -44,52 +93,63 @@ if command -v "$CC" >/dev/null && echo 'int LLVMFuzzerTestOneInput(const char*d,
     if [ -e /usr/include/intel-ipsec-mb.h ] && [ "${SEALTENSORS_IPSECMB:-auto}" != 0 ]; then
         defs+=(-DST_HAVE_IPSECMB=1); libs+=(-lIPSec_MB)
     fi
-    objs=()
-    # The AES providers are only called through; build them with sanitizers when the compiler
-    # accepts them (clang 14 rejects __builtin_cpu_supports("vaes")), else uninstrumented with cc.
-    for provider in provider_openssl provider_ipsecmb; do
-        if ! "$CC" -c -g -O1 -std=c11 -fsanitize=address,undefined "${defs[@]}" -Icsrc \
-                "csrc/$provider.c" -o "$out/$provider.o" 2>/dev/null; then
-            echo "fuzz.sh: $CC cannot build csrc/$provider.c; building it uninstrumented with cc" >&2
-            cc -c -g -O1 -std=c11 "${defs[@]}" -Icsrc "csrc/$provider.c" -o "$out/$provider.o"
-        fi
-        objs+=("$out/$provider.o")
-    done
-    "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -Wall -Wextra "${defs[@]}" -Icsrc fuzz/engine_fuzzer.c csrc/engine.c "${objs[@]}" \
-        -o "$out/engine_fuzzer" "${libs[@]}"
+    # The AES providers are compiled in the same command, with the sanitizers and coverage (the
+    # libraries they call are not instrumented). provider_openssl.c reads CPUID itself because
+    # clang 14 rejects __builtin_cpu_supports("vaes"); a provider that does not build is a failed
+    # target, no longer a silent fallback to an uninstrumented object.
+    rm -f "$out/engine_fuzzer"
+    if ! "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+            -Wall -Wextra "${defs[@]}" -Icsrc fuzz/engine_fuzzer.c csrc/engine.c \
+            csrc/provider_openssl.c csrc/provider_ipsecmb.c -o "$out/engine_fuzzer" "${libs[@]}"; then
+        echo "fuzz.sh: TARGET FAILED TO START: engine_fuzzer does not build" >&2
+        broken+=("engine_fuzzer (build)")
+    fi
+fi
+if [ -x "$out/engine_fuzzer" ]; then
     # Inputs that once failed replay first, as a plain run over fuzz/regressions/engine.
     echo "== engine_fuzzer regressions"
-    (cd "$out" && ./engine_fuzzer ../regressions/engine/*) || status=1
+    run_target "engine_fuzzer regressions" "$out/work-engine-regressions" \
+        "$root/$out/engine_fuzzer" -artifact_prefix="$root/$out/" "$root"/fuzz/regressions/engine/*
     echo "== engine_fuzzer (${c_time}s)"
-    (cd "$out" && ./engine_fuzzer ../corpus/engine "${seed_opt[@]}" -max_total_time="$c_time" -timeout=10 \
-        -max_len=4096 -rss_limit_mb=4096 -print_final_stats=1 \
-        $( [ "$workers" -gt 1 ] && echo "-jobs=$workers -workers=$workers" )) || status=1
-else
+    run_target engine_fuzzer "$out/work-engine" "$root/$out/engine_fuzzer" "$root/fuzz/corpus/engine" \
+        "${seed_opt[@]}" -max_total_time="$c_time" -timeout=10 -max_len=4096 -rss_limit_mb=4096 \
+        -print_final_stats=1 -artifact_prefix="$root/$out/" "${parallel_opt[@]}"
+elif ! command -v "$CC" >/dev/null; then
     echo "fuzz.sh: WARNING: $CC with libFuzzer not found; skipping the C engine target" >&2
 fi
 
 # --- the Python reader -----------------------------------------------------------------------------
-[ -d fuzz/corpus/load ] || "$PYTHON" fuzz/make_corpus.py fuzz/corpus
-if "$PYTHON" -c "import atheris" 2>/dev/null; then
+python_ok=1
+if [ ! -d fuzz/corpus/load ] && ! "$PYTHON" fuzz/make_corpus.py fuzz/corpus; then
+    echo "fuzz.sh: TARGET FAILED TO START: fuzz/make_corpus.py failed under $PYTHON" >&2
+    broken+=("sealed_fuzzer (corpus)")
+    python_ok=0
+fi
+if [ "$python_ok" -eq 0 ]; then
+    :
+elif "$PYTHON" -c "import atheris" 2>/dev/null; then
     for target in load index; do
         echo "== sealed_fuzzer $target (${py_time}s)"
-        (cd "$out" && "$PYTHON" ../sealed_fuzzer.py "$target" "../corpus/$target" "${seed_opt[@]}" \
-            -max_total_time="$py_time" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
-            $( [ "$workers" -gt 1 ] && echo "-jobs=$workers -workers=$workers" )) || status=1
+        run_target "sealed_fuzzer $target" "$out/work-$target" "$PYTHON" "$root/fuzz/sealed_fuzzer.py" \
+            "$target" "$root/fuzz/corpus/$target" "${seed_opt[@]}" -max_total_time="$py_time" \
+            -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$root/$out/" \
+            "${parallel_opt[@]}"
     done
 else
-    echo "fuzz.sh: atheris not installed; using the built-in mutator" >&2
+    echo "fuzz.sh: atheris not installed; using the built-in mutator (one process per target)" >&2
     for target in load index; do
         echo "== sealed_fuzzer $target, fallback mutator (${py_time}s)"
-        (cd "$out" && "$PYTHON" ../sealed_fuzzer.py "$target" "../corpus/$target" --fallback \
-            --seconds "$py_time") || status=1
+        run_target "sealed_fuzzer $target (fallback)" "$out/work-$target" "$PYTHON" "$root/fuzz/sealed_fuzzer.py" \
+            "$target" "$root/fuzz/corpus/$target" --fallback --seconds "$py_time"
     done
 fi
 
-if [ "$status" -ne 0 ]; then
-    echo "fuzz.sh: FINDINGS (see crash-*/timeout-*/oom-* files in $out)" >&2
-else
-    echo "fuzz.sh: clean"
+if [ "$findings" -ne 0 ]; then
+    echo "fuzz.sh: FINDINGS (see crash-*/leak-*/timeout-*/oom-* files in $out)" >&2
+    exit 1
 fi
-exit "$status"
+if [ "${#broken[@]}" -ne 0 ]; then
+    echo "fuzz.sh: no finding, but these targets did not fuzz: ${broken[*]}" >&2
+    exit 2
+fi
+echo "fuzz.sh: clean"

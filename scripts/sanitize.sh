@@ -4,11 +4,11 @@
 # it, with libasan preloaded into Python. Any sanitizer report aborts the run and fails the script.
 #
 # Usage: scripts/sanitize.sh [pytest args...]   (default: the engine, chunked, AEAD vector and review tests)
-# Env: PYTHON (default /work/venv/bin/python, else python3), HYPOTHESIS_PROFILE (default ci).
+# Env: PYTHON (default: the repository's .venv/bin/python if present, else python3), HYPOTHESIS_PROFILE (default ci).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-python=${PYTHON:-$( [ -x /work/venv/bin/python ] && echo /work/venv/bin/python || echo python3 )}
+python=${PYTHON:-$( [ -x "$root/.venv/bin/python" ] && echo "$root/.venv/bin/python" || echo python3 )}
 cc=${CC:-gcc}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -41,7 +41,7 @@ print("sanitize: using", native.__file__, "providers", c.available_providers())
 PY
 
 if [ $# -eq 0 ]; then
-    set -- tests/test_cengine.py tests/test_cengine_review.py tests/test_aead_vectors.py $(ls tests/test_chunked*.py 2>/dev/null)
+    set -- tests/test_cengine.py tests/test_cengine_review.py tests/test_aead_vectors.py tests/test_chunk_digests.py tests/test_unauthenticated_plaintext.py $(ls tests/test_chunked*.py 2>/dev/null)
 fi
 log="$scratch/pytest.log"
 status=0
