@@ -61,7 +61,8 @@ def test_chosen_tensor_decrypts_only_its_chunks(model, monkeypatch):
     counted = []
     original = engine.decrypt_span_fd
 
-    def spy(aead_key, base_nonce, first_chunk, fd, offset, length, dst, *, final, threads=0):
+    def spy(aead_key, base_nonce, first_chunk, fd, offset, length, dst, *, final, threads=0,
+            digests=None):
         counted.append(-(-length // chunked.ENCRYPTED_CHUNK_SIZE))
         return original(aead_key, base_nonce, first_chunk, fd, offset, length, dst, final=final,
                         threads=threads)

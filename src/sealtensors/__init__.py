@@ -29,6 +29,7 @@ from .api import (
 )
 from .io.atomic import DestinationExistsError
 from .engine.memory import PinningWarning
+from .engine.backends import SlowEngineWarning
 from .keys import (
     Identity,
     KeyProvider,
@@ -90,4 +91,5 @@ __all__ = [
     "BackendError",
     "DestinationExistsError",
     "PinningWarning",
+    "SlowEngineWarning",
 ]

@@ -174,7 +174,7 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
         reader, data_key = _open_for_rewrap(src, key, verify_data, threads)
         with reader:
             new = container.with_slots(reader.header, _new_records(reader, data_key, add, remove))
-            _copy_with_header(reader, new, data_key, dst, overwrite, 0o644, fit=True)
+            _copy_with_header(reader, new, data_key, dst, overwrite, None, fit=True)
         return _rewrap_report(new, in_place=False, rewrote_data=True)
     with locked_for_update(src) as fd:
         reader, data_key = _open_for_rewrap(src, key, verify_data, threads)
@@ -206,7 +206,8 @@ def _copy_with_header(reader: SealedReader, header: container.Header, data_key: 
         header = replace(header, capacity=container.capacity_for(table))
     header = replace(header, active=0)
     source = reader._source
-    with source.in_use(), atomic_output(dst, overwrite=overwrite, mode=mode) as out:
+    options = {} if mode is None else {"mode": mode}
+    with source.in_use(), atomic_output(dst, overwrite=overwrite, **options) as out:
         out.write(container.header_region(header, data_key))
         offset = reader.header.index_offset
         remaining = reader.header.file_length - offset

@@ -34,13 +34,16 @@ EXIT_FORMAT = 4
 EXIT_IO = 5
 EXIT_INVALID_KEY = 6
 EXIT_BACKEND = 7
+EXIT_SIGNATURE = 8
+EXIT_PROVIDER = 9
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 # When one run has several failures (``verify A B C``), the exit status is the most severe one, in
 # this order: a bug first, then evidence of tampering, then a bad file, then everything else.
-EXIT_SEVERITY = (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_INTEGRITY, EXIT_FORMAT, EXIT_WRONG_KEY,
-                 EXIT_INVALID_KEY, EXIT_BACKEND, EXIT_IO, EXIT_USAGE, EXIT_OK)
+EXIT_SEVERITY = (EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_INTEGRITY, EXIT_SIGNATURE, EXIT_FORMAT,
+                 EXIT_WRONG_KEY, EXIT_INVALID_KEY, EXIT_PROVIDER, EXIT_BACKEND, EXIT_IO, EXIT_USAGE,
+                 EXIT_OK)
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -52,16 +55,39 @@ exit codes:
   5    I/O error, or the destination exists (pass --force to replace it)
   6    invalid key file (unreadable, or not a sealtensors key)
   7    backend error (SEALTENSORS_BACKEND / SEALTENSORS_AES names an unavailable engine)
+  8    signature check failed: unsigned, signed by a key not accepted, content not what the
+       publisher signed, or older than the pinned generation (--signer, --trust-file, --pin)
+  9    key provider failure (KMS, HSM, TPM: denied, disabled, absent, policy mismatch)
   70   internal error (a bug: please report it; SEALTENSORS_DEBUG=1 shows the traceback)
   130  interrupted (Ctrl-C)
   `verify A B ...` exits with the most severe status of its files, in the order
-  70, 1, 4, 3, 6, 7, 5 (an integrity failure outranks a missing file).
+  70, 1, 8, 4, 3, 6, 9, 7, 5 (an integrity failure outranks a missing file).
 """
 
 ENVIRONMENT_HELP = """\
 environment:
   SEALTENSORS_BACKEND=auto|c|python   SEALTENSORS_AES=auto|ipsecmb|openssl
   SEALTENSORS_THREADS=N               SEALTENSORS_DEBUG=1 (tracebacks on errors)
+  SEALTENSORS_AUDIT_LOG=FILE          (key provider audit trail, JSON lines)
+"""
+
+KEYS_HELP = """\
+keys and recipients:
+  sealtensors keygen --type x25519 -o me.key    an identity (secret, mode 0600); prints its
+                                                public recipient string st-x25519:...
+  --type xwing                                  a post-quantum (ML-KEM-768 + X25519) identity
+  --type symmetric                              a 32-byte secret key (both sides hold it)
+  --type signing                                a publisher signing key; prints st-sign:...
+  sealtensors key public me.key                 the recipient string of an identity
+  sealtensors key id FILE                       the public name of a key or identity
+sealing (who can open):   -r/--recipient STR (repeatable), -R/--recipients-file F,
+                          -k/--key-file F (symmetric), --passphrase, --passphrase-env NAME
+opening (what opens):     -i/--identity F, -k/--key-file F, --passphrase, --passphrase-env NAME,
+                          --key-env NAME (a variable holding the identity text); F may be '-'
+                          (standard input)
+publisher signatures:     seal --sign-with SIGNING.key [--generation N];
+                          readers --signer st-sign:... / --trust-file F / --pin F
+                          [--min-generation N] [--expect-file-id HEX]
 """
 
 JSON_HELP = """\
@@ -75,7 +101,8 @@ JSON_HELP = """\
   with an "error" object in each failed file's entry.
 """
 
-HELP_TOPICS = {"exit-codes": EXIT_CODES_HELP, "environment": ENVIRONMENT_HELP, "json": JSON_HELP}
+HELP_TOPICS = {"exit-codes": EXIT_CODES_HELP, "environment": ENVIRONMENT_HELP, "json": JSON_HELP,
+               "keys": KEYS_HELP}
 
 SUBCOMMAND_EPILOG = ("exit codes: `sealtensors help exit-codes`; JSON output: "
                      "`sealtensors help json`")
@@ -278,30 +305,223 @@ def _key_id_hex(key: bytes) -> str:
     return key_id(key).hex()
 
 
-def read_keys(paths: Sequence[str]) -> list[bytes]:
-    """The keys named on the command line (``--key-file``), in order."""
-    from .keys.keyfile import read_key_file
+_stdin_used = False
 
-    return [read_key_file(path) for path in paths]
+
+def _read_source(path: str, what: str) -> bytes:
+    """The bytes of a key-ish file; ``-`` is standard input (once per command)."""
+    global _stdin_used
+    if path != "-":
+        return b""
+    if _stdin_used:
+        raise UsageError(f"standard input ('-') can be used for only one {what}")
+    _stdin_used = True
+    return sys.stdin.buffer.read(65537)
+
+
+def _identity_from(path: str):
+    from .keys.keyfile import _parse_identity, load_identity
+
+    if path == "-":
+        return _parse_identity(_read_source(path, "key"), "<stdin>")
+    return load_identity(path)
+
+
+def _prompt_passphrase(confirm: bool) -> str:
+    import getpass
+
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise UsageError("--passphrase: no passphrase on standard input")
+        return line.rstrip("\r\n")
+    first = getpass.getpass("passphrase: ")
+    if confirm and getpass.getpass("passphrase (again): ") != first:
+        raise UsageError("the two passphrases differ")
+    return first
+
+
+def _passphrases(args, confirm: bool) -> list:
+    from .keys import Passphrase
+
+    phrases = []
+    if getattr(args, "passphrase", False):
+        phrases.append(Passphrase(_prompt_passphrase(confirm)))
+    for name in getattr(args, "passphrase_env", None) or []:
+        value = os.environ.get(name)
+        if not value:
+            raise UsageError(f"--passphrase-env: environment variable {name} is not set or empty")
+        phrases.append(Passphrase(value))
+    return phrases
+
+
+def read_identities(args, required: bool = True) -> list:
+    """Everything the command line gives to open a file, in order: --identity, --key-file,
+    --key-env, --passphrase(-env)."""
+    from .keys.keyfile import _parse_identity
+
+    identities = [_identity_from(path) for path in getattr(args, "identity", None) or []]
+    identities += [_identity_from(path) for path in getattr(args, "key_file", None) or []]
+    for name in getattr(args, "key_env", None) or []:
+        value = os.environ.get(name)
+        if not value:
+            raise UsageError(f"--key-env: environment variable {name} is not set or empty")
+        identities.append(_parse_identity(value.encode("utf-8"), f"${name}"))
+    identities += _passphrases(args, confirm=False)
+    if required and not identities:
+        raise UsageError("no key given: pass --identity FILE, --key-file FILE, --key-env NAME or "
+                         "--passphrase (`sealtensors help keys`)")
+    return identities
+
+
+def read_keys(paths: Sequence[str]) -> list:
+    """Symmetric keys or identities named by paths (``-`` = standard input), in order."""
+    return [_identity_from(path) for path in paths]
+
+
+def read_recipients(args) -> list:
+    """Who a seal is for: --recipient, --recipients-file, --key-file, --identity (its public
+    half), --passphrase(-env)."""
+    from .keys.keyfile import as_recipients, parse_recipient, read_recipients_file
+
+    recipients = [parse_recipient(text) for text in getattr(args, "recipient", None) or []]
+    for path in getattr(args, "recipients_file", None) or []:
+        recipients += read_recipients_file(path if path != "-" else "/dev/stdin")
+    recipients += as_recipients(read_keys(getattr(args, "key_file", None) or [])) \
+        if getattr(args, "key_file", None) else []
+    recipients += as_recipients(read_keys(getattr(args, "identity", None) or [])) \
+        if getattr(args, "identity", None) else []
+    recipients += _passphrases(args, confirm=True)
+    if not recipients:
+        raise UsageError("no recipient given: pass --recipient STR, --recipients-file FILE, "
+                         "--key-file FILE or --passphrase (`sealtensors help keys`)")
+    return recipients
+
+
+def verification(args) -> dict:
+    """signer=/pin=/min_generation=/expect_file_id= from --signer, --trust-file, --pin, ..."""
+    from .keys.signing import as_verifying_keys
+
+    signers = []
+    for text in getattr(args, "signer", None) or []:
+        signers += as_verifying_keys(text if text.startswith("st-sign:") else text)
+    for path in getattr(args, "trust_file", None) or []:
+        signers += as_verifying_keys(path)
+    options: dict = {}
+    if signers:
+        options["signer"] = signers
+    if getattr(args, "pin", None):
+        options["pin"] = args.pin
+    if getattr(args, "min_generation", None) is not None:
+        options["min_generation"] = args.min_generation
+    if getattr(args, "expect_file_id", None):
+        options["expect_file_id"] = args.expect_file_id
+    return options
+
+
+def _signing_key(args):
+    from .keys.signing import SigningKey
+
+    path = getattr(args, "sign_with", None)
+    if not path:
+        if getattr(args, "generation", None) is not None:
+            raise UsageError("--generation is part of a signature: pass --sign-with too")
+        return None
+    if path == "-":
+        from .keys import textcodec
+        from .keys.keyfile import _secret_line
+
+        text = _secret_line(_read_source(path, "signing key"), "<stdin>")
+        return SigningKey(textcodec.decode(text, ("ST-SIGN-SECRET",))[1])
+    return SigningKey.load(path)
+
+
+def _describe_recipients(recipients) -> list[str]:
+    return [r.describe() for r in recipients]
 
 
 # --- subcommands ----------------------------------------------------------------------------------
 
 
 def cmd_keygen(args) -> Result:
-    from .keys.keyfile import write_key_file
+    from .keys import SigningKey, generate_identity, identity_text
+    from .keys.keyfile import write_secret_file
 
-    path = args.path
+    path = args.output or args.path
+    if path is None:
+        raise UsageError("keygen needs an output file: -o FILE")
+    if args.path and args.output and args.path != args.output:
+        raise UsageError("give the output file once (PATH or -o FILE)")
     check_destination(path, args.force)
+    if args.type == "signing":
+        key = SigningKey.generate()
+        public = key.verifying_key.text()
+        text = f"# sealtensors signing key; verifying key: {public}\n{key.text()}\n"
+    else:
+        identity = generate_identity(args.type)
+        text = identity_text(identity)
+        public = identity.name().hex() if args.type == "symmetric" else identity.recipient().text()
     try:
-        key = write_key_file(path, overwrite=args.force)
+        write_secret_file(path, text, overwrite=args.force)
     except FileExistsError:
         from .io.atomic import DestinationExistsError
 
         raise DestinationExistsError(f"{path!r} exists (pass --force to replace it)") from None
-    key_id = _key_id_hex(key)
-    return Result({"path": path, "key_id": key_id, "mode": "0600"},
-                  [f"wrote key file {path} (mode 0600)", f"key id: {key_id}"])
+    data = {"path": path, "type": args.type, "mode": "0600"}
+    if args.type == "symmetric":
+        data["key_id"] = public
+        lines = [f"wrote key file {path} (mode 0600)", f"key id: {public}"]
+    else:
+        data["public"] = public
+        label = "verifying key" if args.type == "signing" else "recipient"
+        lines = [f"wrote {args.type} {'signing key' if args.type == 'signing' else 'identity'} "
+                 f"{path} (mode 0600)", f"{label}: {public}"]
+    return Result(data, lines)
+
+
+def _public_of(path: str) -> tuple[str, str]:
+    """(type, public text) of an identity, signing key or public string/file."""
+    from .keys import textcodec
+    from .keys.hpke import PublicKeyIdentity
+    from .keys.signing import SigningKey
+    from .keys.symmetric import SymmetricKey
+
+    raw = _read_source(path, "key") if path == "-" else None
+    if raw is None and not os.path.exists(path) and textcodec.tag_of(path.strip()):
+        text = path.strip()
+    else:
+        from .keys.keyfile import _read_small, _secret_line
+
+        data = raw if raw is not None else _read_small(path, "key file")
+        if len(data) == 32:
+            return "symmetric", SymmetricKey(data).name().hex()
+        text = _secret_line(data, "<stdin>" if path == "-" else path)
+    tag = textcodec.tag_of(text)
+    if tag == "ST-SIGN-SECRET":
+        return "signing", SigningKey(textcodec.decode(text, (tag,))[1]).verifying_key.text()
+    if tag in textcodec.PUBLIC_TAGS:
+        textcodec.decode(text, (tag,))
+        return tag[3:], text
+    identity = _identity_from(path) if raw is None else \
+        __import__("sealtensors.keys.keyfile", fromlist=["x"])._parse_identity(raw, "<stdin>")
+    if isinstance(identity, SymmetricKey):
+        return "symmetric", identity.name().hex()
+    if isinstance(identity, PublicKeyIdentity):
+        return identity.describe().split(" ")[0], identity.recipient().text()
+    raise UsageError(f"{path}: not a key, identity or recipient")
+
+
+def cmd_key(args) -> Result:
+    import hashlib
+
+    kind, public = _public_of(args.file)
+    if args.action == "public":
+        if kind == "symmetric":
+            raise UsageError("a symmetric key has no public half (its holders share the secret); "
+                             "`sealtensors key id` prints its public name")
+        return Result({"type": kind, "public": public}, [public])
+    name = public if kind == "symmetric" else hashlib.sha256(public.encode()).hexdigest()[:32]
+    return Result({"type": kind, "id": name}, [f"{kind} {name}"])
 
 
 def cmd_seal(args) -> Result:
@@ -309,18 +529,25 @@ def cmd_seal(args) -> Result:
 
     check_plain_source(args.src)
     check_destination(args.dst, args.force)
-    keys = read_keys(args.key_file)
+    recipients = read_recipients(args)
+    signer = _signing_key(args)
     started = time.perf_counter()
     with _Progress(_safetensors_data_size(args.src), "sealing") as progress:
-        seal_file(args.src, args.dst, keys, overwrite=args.force, threads=args.threads,
-                  progress=progress)
+        file_id = seal_file(args.src, args.dst, recipients=recipients, overwrite=args.force,
+                            threads=args.threads, progress=progress, signer=signer,
+                            generation=args.generation)
     elapsed = time.perf_counter() - started
     size = os.path.getsize(args.dst)
-    ids = [_key_id_hex(key) for key in keys]
-    return Result({"src": args.src, "dst": args.dst, "size": size, "seconds": round(elapsed, 6),
-                   "key_ids": ids},
-                  [f"sealed {args.src} -> {args.dst} ({human_size(size)}, {elapsed:.2f} s) "
-                   f"for key id(s) {', '.join(ids)}"])
+    described = _describe_recipients(recipients)
+    data = {"src": args.src, "dst": args.dst, "size": size, "seconds": round(elapsed, 6),
+            "file_id": file_id, "recipients": described, "signed": signer is not None}
+    lines = [f"sealed {printable(args.src)} -> {printable(args.dst)} ({human_size(size)}, "
+             f"{elapsed:.2f} s) for {len(recipients)} recipient(s)",
+             *(f"  {printable(text[:72])}" for text in described)]
+    if signer is not None:
+        data["signer"] = signer.verifying_key.text()
+        lines.append(f"  signed by {signer.verifying_key.text()[:40]}...")
+    return Result(data, lines)
 
 
 def cmd_unseal(args) -> Result:
@@ -328,12 +555,12 @@ def cmd_unseal(args) -> Result:
 
     check_sealed_source(args.src)
     check_destination(args.dst, args.force)
-    keys = read_keys(args.key_file)
+    keys = read_identities(args)
     total = inspect(args.src)["data_size"] if _stderr_is_terminal() else 0
     started = time.perf_counter()
     with _Progress(total, "unsealing") as progress:
         unseal_file(args.src, args.dst, keys, overwrite=args.force, threads=args.threads,
-                    progress=progress)
+                    progress=progress, **verification(args))
     elapsed = time.perf_counter() - started
     size = os.path.getsize(args.dst)
     return Result({"src": args.src, "dst": args.dst, "size": size, "seconds": round(elapsed, 6),
@@ -342,27 +569,32 @@ def cmd_unseal(args) -> Result:
                    "every byte authenticated)"])
 
 
-def _verify_one(path: str, keys: list[bytes], threads: int) -> dict:
+def _verify_one(path: str, keys: list, threads: int, options: dict) -> dict:
     from .api import inspect, verify
 
     check_sealed_source(path)
     started = time.perf_counter()
     if "progress" in _inspect.signature(verify).parameters and _stderr_is_terminal():
         with _Progress(inspect(path)["data_size"], "verifying") as progress:
-            summary = verify(path, keys, threads=threads, progress=progress)
+            summary = verify(path, keys, threads=threads, progress=progress, **options)
     else:
-        summary = verify(path, keys, threads=threads)
-    return {"path": path, "ok": True, "tensors": summary["tensors"],
-            "data_size": summary["data_size"],
-            "seconds": round(time.perf_counter() - started, 6)}
+        summary = verify(path, keys, threads=threads, **options)
+    entry = {"path": path, "ok": True, "tensors": summary["tensors"],
+             "data_size": summary["data_size"], "file_id": summary["file_id"],
+             "signed": summary["signed"], "seconds": round(time.perf_counter() - started, 6)}
+    if "signer" in summary:
+        entry["signer"] = summary["signer"]
+        entry["generation"] = summary["generation"]
+    return entry
 
 
 def cmd_verify(args) -> Result:
-    keys = read_keys(args.key_file)
+    keys = read_identities(args)
+    options = verification(args)
     files, lines, errors = [], [], []
     for path in args.src:
         try:
-            entry = _verify_one(path, keys, args.threads)
+            entry = _verify_one(path, keys, args.threads, options)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - one file's failure must not hide the others'
@@ -371,8 +603,11 @@ def cmd_verify(args) -> Result:
             errors.append(failure.line())
             continue
         files.append(entry)
-        lines.append(f"OK: {path} authenticated ({entry['tensors']} tensors, "
-                     f"{human_size(entry['data_size'])} of data, {entry['seconds']:.2f} s)")
+        signed = (f", signed by an accepted publisher, generation {entry['generation']}"
+                  if "signer" in entry else "")
+        lines.append(f"OK: {printable(path)} authenticated ({entry['tensors']} tensors, "
+                     f"{human_size(entry['data_size'])} of data{signed}, "
+                     f"{entry['seconds']:.2f} s)")
     code = _most_severe(entry["error"]["exit_code"] for entry in files if not entry["ok"])
     return Result({"ok": code == EXIT_OK, "exit_code": code, "files": files}, lines, code, errors)
 
@@ -392,9 +627,12 @@ def cmd_inspect(args) -> Result:
     from .api import inspect
 
     check_sealed_source(args.src)
-    keys = read_keys(args.key_file) if args.key_file else None
-    report = inspect(args.src, keys)
+    keys = read_identities(args, required=False) or None
+    report = inspect(args.src, keys, **(verification(args) if keys else {}))
+    authenticated = report.get("authenticated", False)
     lines = [
+        "authenticated: yes (header, slots and index checked with your key)" if authenticated
+        else "authenticated: NO (no key given: what follows is what the file claims)",
         f"file:        {printable(report['path'])}",
         f"size:        {report['file_size']} bytes ({human_size(report['file_size'])})",
         f"format:      version {report['format_version']}, suite {report['suite']} "
@@ -403,12 +641,23 @@ def cmd_inspect(args) -> Result:
         f"index:       {report['index_message_size']} bytes (encrypted)",
         f"data:        {report['data_size']} bytes of plaintext "
         f"({report['data_message_size']} bytes sealed)",
-        f"recipients:  {len(report['recipients'])}",
+        f"file id:     {report['file_id']} (header sequence {report['header_sequence']})",
+        f"recipients:  {len(report['slots'])} slot(s)",
     ]
-    lines += [f"  key id {printable(rid)}" for rid in report["recipients"]]
+    mine = report.get("your_slot")
+    lines += [f"  {slot['type']:<10} slot {slot['slot_id']}" + ("  <- yours" if slot["slot_id"] == mine
+                                                                 else "")
+              for slot in report["slots"]]
+    if report.get("signed"):
+        signature = report.get("signature") or {}
+        state = "verified" if report.get("signature_verified") else "not verified (pass --signer)"
+        lines.append(f"signed:      yes, {state}: generation {signature.get('generation')}, "
+                     f"by {str(signature.get('signer', '?'))[:40]}...")
+    else:
+        lines.append("signed:      no")
     if "tensors" not in report:
         lines.append("tensor names, dtypes, shapes and metadata are encrypted; "
-                     "pass --key-file to list them")
+                     "pass --identity/--key-file to list them")
         return Result(report, lines)
     metadata = report.get("metadata") or {}
     lines.append(f"metadata:    {len(metadata)} entries")
@@ -424,20 +673,62 @@ def cmd_inspect(args) -> Result:
 
 def cmd_rewrap(args) -> Result:
     from .api import rewrap
+    from .keys import Passphrase
+    from .keys.keyfile import as_recipients, parse_recipient
 
-    if not args.add and not args.remove:
-        raise UsageError("nothing to do: pass --add KEYFILE and/or --remove KEYFILE_OR_KEYID")
+    add = [parse_recipient(text) for text in args.add_recipient]
+    add += as_recipients(read_keys(args.add)) if args.add else []
+    if args.add_passphrase:
+        add.append(Passphrase(_prompt_passphrase(confirm=True)))
+    if not add and not args.remove:
+        raise UsageError("nothing to do: pass --add-recipient STR, --add KEYFILE, --add-passphrase "
+                         "and/or --remove SLOT_ID_OR_RECIPIENT")
     check_sealed_source(args.src)
     if args.output is not None:
         check_destination(args.output, args.force)
-    keys = read_keys(args.key_file)
-    add = read_keys(args.add)
-    ids = rewrap(args.src, keys, add=add, remove=list(args.remove), dst=args.output,
-                 overwrite=args.force)
+    keys = read_identities(args)
+    removals = [item if os.path.exists(item) is False or len(item) == 32 else read_keys([item])[0]
+                for item in args.remove]
+    result = rewrap(args.src, keys, add=add, remove=removals, dst=args.output,
+                    overwrite=args.force, verify_data=args.verify, threads=args.threads)
     where = args.output if args.output is not None else args.src
-    return Result({"src": args.src, "dst": where, "recipients": list(ids)},
-                  [f"rewrapped {args.src} -> {where}: {len(ids)} recipient(s)",
-                   *(f"  key id {rid}" for rid in ids)])
+    how = ("header rewritten in place" if result["in_place"] and not result["rewrote_data"]
+           else "whole file rewritten")
+    return Result({"src": args.src, "dst": where, **result},
+                  [f"rewrapped {printable(args.src)} -> {printable(where)} ({how}): "
+                   f"{len(result['slots'])} recipient slot(s)",
+                   *(f"  {slot['type']:<10} slot {slot['slot_id']}" for slot in result["slots"]),
+                   "note: a removed recipient who kept the data key can still read this content; "
+                   "`sealtensors reseal` revokes for real" if args.remove else ""])
+
+
+def cmd_reseal(args) -> Result:
+    from .api import reseal
+
+    check_sealed_source(args.src)
+    if args.output is not None:
+        check_destination(args.output, args.force)
+    keys = read_identities(args, required=False)
+    if not keys:
+        raise UsageError("reseal needs what opens the file now: --identity/--key-file/--key-env")
+    has_new = any(getattr(args, name, None) for name in ("recipient", "recipients_file",
+                                                          "new_key_file", "passphrase_new"))
+    recipients = None
+    if has_new:
+        recipients = read_recipients(argparse.Namespace(
+            recipient=args.recipient, recipients_file=args.recipients_file,
+            key_file=args.new_key_file, identity=None, passphrase=args.passphrase_new,
+            passphrase_env=None))
+    signer = _signing_key(args)
+    started = time.perf_counter()
+    file_id = reseal(args.src, keys, dst=args.output, recipients=recipients, signer=signer,
+                     generation=args.generation, allow_unsigned=args.unsigned,
+                     overwrite=args.force, threads=args.threads, **verification(args))
+    where = args.output or args.src
+    return Result({"src": args.src, "dst": where, "file_id": file_id, "signed": signer is not None,
+                   "seconds": round(time.perf_counter() - started, 6)},
+                  [f"resealed {printable(args.src)} -> {printable(where)}: new data key, file id "
+                   f"{file_id}" + (", signed" if signer is not None else "")])
 
 
 def cmd_info(args) -> Result:
@@ -529,8 +820,52 @@ def _positive_float(text: str) -> float:
 
 
 def add_key_option(p, required=True, help_text="a key file that opens the file (repeatable)"):
-    p.add_argument("--key-file", "-k", action="append", required=required, metavar="KEYFILE",
-                   help=help_text)
+    """What opens a file (checked by read_identities: at least one when required)."""
+    p.add_argument("--key-file", "-k", action="append", metavar="KEYFILE", help=help_text)
+    p.add_argument("--identity", "-i", action="append", metavar="FILE",
+                   help="an identity file (x25519, xwing, symmetric; '-' = stdin; repeatable)")
+    p.add_argument("--key-env", action="append", metavar="NAME",
+                   help="an environment variable holding an identity's text")
+    add_passphrase_options(p)
+
+
+def add_passphrase_options(p) -> None:
+    p.add_argument("--passphrase", action="store_true",
+                   help="ask for a passphrase (read one line from stdin when it is not a terminal)")
+    p.add_argument("--passphrase-env", action="append", metavar="NAME",
+                   help="take a passphrase from this environment variable")
+
+
+def add_recipient_options(p) -> None:
+    p.add_argument("--recipient", "-r", action="append", default=[], metavar="STR",
+                   help="a recipient string (st-x25519:..., st-xwing:...; repeatable)")
+    p.add_argument("--recipients-file", "-R", action="append", default=[], metavar="FILE",
+                   help="a file of recipient strings, one per line")
+    p.add_argument("--key-file", "-k", action="append", metavar="KEYFILE",
+                   help="a symmetric key file (repeatable)")
+    p.add_argument("--identity", "-i", action="append", metavar="FILE",
+                   help="seal for this identity file's public half")
+    add_passphrase_options(p)
+    add_signing_options(p)
+
+
+def add_signing_options(p) -> None:
+    p.add_argument("--sign-with", metavar="SIGNING_KEY",
+                   help="sign as publisher with this signing key file (`keygen --type signing`)")
+    p.add_argument("--generation", type=_non_negative_int, metavar="N",
+                   help="the signed generation number (default: the current Unix time)")
+
+
+def add_signer_options(p) -> None:
+    p.add_argument("--signer", action="append", metavar="STR",
+                   help="require a signature by this publisher (st-sign:...; repeatable)")
+    p.add_argument("--trust-file", action="append", metavar="FILE",
+                   help="require a signature by one of the publishers listed in FILE")
+    p.add_argument("--pin", metavar="FILE",
+                   help="a JSON pin file: accepted signers, minimum generation, file id")
+    p.add_argument("--min-generation", type=_non_negative_int, metavar="N",
+                   help="refuse a signed generation below N (rollback protection)")
+    p.add_argument("--expect-file-id", metavar="HEX", help="refuse any other signed file id")
 
 
 def add_threads_option(p) -> None:
@@ -548,14 +883,24 @@ def add_json_option(p) -> None:
 
 
 def _args_keygen(p) -> None:
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", nargs="?", help="the file to write (or -o FILE)")
+    p.add_argument("--output", "-o", metavar="FILE", help="the file to write")
+    p.add_argument("--type", "-t", choices=("symmetric", "x25519", "xwing", "signing"),
+                   default="symmetric", help="what to generate (default symmetric)")
     add_force_option(p, "replace an existing file")
+
+
+def _args_key(p) -> None:
+    p.add_argument("action", choices=("public", "id"),
+                   help="public: print the recipient / verifying string; id: a public name")
+    p.add_argument("file", metavar="FILE", help="an identity or key file ('-' = stdin), or a "
+                                                "public string")
 
 
 def _args_seal(p) -> None:
     p.add_argument("src", metavar="SRC.safetensors")
     p.add_argument("dst", metavar="DST")
-    add_key_option(p, help_text="a recipient's key file (repeat for several recipients)")
+    add_recipient_options(p)
     add_force_option(p)
     add_threads_option(p)
 
@@ -564,6 +909,7 @@ def _args_unseal(p) -> None:
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST.safetensors")
     add_key_option(p)
+    add_signer_options(p)
     add_force_option(p)
     add_threads_option(p)
 
@@ -571,24 +917,54 @@ def _args_unseal(p) -> None:
 def _args_inspect(p) -> None:
     p.add_argument("src", metavar="FILE")
     add_key_option(p, required=False, help_text="a key file: also list tensors and metadata")
+    add_signer_options(p)
 
 
 def _args_verify(p) -> None:
     p.add_argument("src", metavar="FILE", nargs="+", help="one or more sealed files")
     add_key_option(p)
+    add_signer_options(p)
     add_threads_option(p)
 
 
 def _args_rewrap(p) -> None:
     p.add_argument("src", metavar="FILE")
     add_key_option(p, help_text="a key file that opens FILE now")
+    p.add_argument("--add-recipient", action="append", default=[], metavar="STR",
+                   help="add a recipient by its public string (repeatable)")
     p.add_argument("--add", action="append", default=[], metavar="KEYFILE",
-                   help="add this key file's key as a recipient (repeatable)")
-    p.add_argument("--remove", action="append", default=[], metavar="KEYFILE_OR_KEYID",
-                   help="remove a recipient, by key file or 32-hex-digit key id (repeatable)")
+                   help="add a symmetric key file's key (or an identity's public half)")
+    p.add_argument("--add-passphrase", action="store_true", help="add a passphrase (asked for)")
+    p.add_argument("--remove", action="append", default=[], metavar="SLOT_ID_OR_RECIPIENT",
+                   help="remove a recipient: its 32-hex-digit slot id in this file (`inspect`), "
+                        "its public string, or its key file. Removal does NOT revoke anyone who "
+                        "kept the data key: use `reseal` for that")
     p.add_argument("--output", "-o", metavar="DST",
-                   help="write the result to DST instead of replacing FILE in place (atomically)")
+                   help="write the result to DST instead of rewriting FILE's header in place")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip authenticating the data first (default: verify, so a damaged file "
+                        "is refused)")
     add_force_option(p)
+    add_threads_option(p)
+
+
+def _args_reseal(p) -> None:
+    p.add_argument("src", metavar="FILE")
+    p.add_argument("--output", "-o", metavar="DST", help="write DST instead of replacing FILE")
+    add_key_option(p, help_text="a key file that opens FILE now")
+    p.add_argument("--recipient", "-r", action="append", default=[], metavar="STR",
+                   help="the new file's recipients (default: the key that opened FILE)")
+    p.add_argument("--recipients-file", "-R", action="append", default=[], metavar="FILE")
+    p.add_argument("--new-key-file", action="append", metavar="KEYFILE",
+                   help="a symmetric key file as a new recipient")
+    p.add_argument("--passphrase-new", action="store_true",
+                   help="a new passphrase recipient (asked for)")
+    add_signing_options(p)
+    p.add_argument("--unsigned", action="store_true",
+                   help="allow dropping the signature of a signed FILE")
+    add_signer_options(p)
+    add_force_option(p)
+    add_threads_option(p)
 
 
 def _args_info(p) -> None:
@@ -617,8 +993,10 @@ class Command(NamedTuple):
 
 
 COMMANDS: list[Command] = [
-    Command("keygen", "write a new random key to a key file (mode 0600); prints its key id",
-            _args_keygen, cmd_keygen),
+    Command("keygen", "write a new key or identity (mode 0600); prints its public recipient "
+                      "string (or key id)", _args_keygen, cmd_keygen),
+    Command("key", "print the public recipient string (`key public`) or public name (`key id`) "
+                   "of a key or identity", _args_key, cmd_key),
     Command("seal", "seal a .safetensors file for one or more recipients", _args_seal, cmd_seal),
     Command("unseal", "decrypt and authenticate a sealed file back into a .safetensors file",
             _args_unseal, cmd_unseal),
@@ -626,13 +1004,15 @@ COMMANDS: list[Command] = [
                        "metadata", _args_inspect, cmd_inspect),
     Command("verify", "authenticate every byte of one or more sealed files; writes nothing",
             _args_verify, cmd_verify),
-    Command("rewrap", "add or remove recipients (rewrites the header only)", _args_rewrap,
-            cmd_rewrap),
+    Command("rewrap", "add or remove recipients (rewrites the header only, in place)",
+            _args_rewrap, cmd_rewrap),
+    Command("reseal", "re-encrypt under a new data key and file id: revokes removed recipients",
+            _args_reseal, cmd_reseal),
     Command("info", "show the engine in use (backend, AES provider, CPU path, threads) and "
                     "version", _args_info, cmd_info),
     Command("demo", "build a small transformer-like model, seal it, load it back, verify, and "
                     "time it", _args_demo, cmd_demo),
-    Command("help", "show help on a topic (exit-codes, json, environment) or a command",
+    Command("help", "show help on a topic (keys, exit-codes, json, environment) or a command",
             _args_help, cmd_help),
 ]
 
@@ -699,11 +1079,18 @@ def _root_cause(exc: BaseException) -> BaseException:
 def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, label) for an exception raised by a subcommand."""
     from .io.atomic import DestinationExistsError
-    from .errors import (BackendError, FormatError, IntegrityError, InvalidKeyError, SealError,
+    from .errors import (BackendError, FormatError, IntegrityError, InvalidKeyError,
+                         KeyProviderError, RecipientError, SealError, SignatureError,
                          WrongKeyError)
 
     if isinstance(exc, DestinationExistsError):
         return EXIT_IO, "destination exists"
+    if isinstance(exc, SignatureError):
+        return EXIT_SIGNATURE, "signature check failed"
+    if isinstance(exc, KeyProviderError):
+        return EXIT_PROVIDER, "key provider failure"
+    if isinstance(exc, RecipientError):
+        return EXIT_USAGE, "recipient error"
     if isinstance(exc, IntegrityError):
         return EXIT_INTEGRITY, "integrity check failed"
     if isinstance(exc, WrongKeyError):

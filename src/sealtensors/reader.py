@@ -516,6 +516,7 @@ class SealedReader:
         """Drop the data message's keys, wiping them where they are wipeable (SECURITY.md, "What
         is wiped"): a closed reader that someone keeps alive must not keep key material."""
         keys = self.__dict__.pop("_data_keys", None)
+        self._data_key = None
         wipe = getattr(keys, "wipe", None)
         if callable(wipe):
             wipe()

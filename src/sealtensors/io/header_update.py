@@ -55,8 +55,18 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def write_header(fd: int, new: container.Header, data_key: bytes) -> None:
     """Make ``new`` (whose ``active`` names the currently spare copy) the file's header."""
     preamble, copy = container.build(new, data_key)
-    _pwrite_all(fd, copy, container.copy_offset(new.active, new.capacity))
-    os.fsync(fd)
+    spare = container.copy_offset(new.active, new.capacity)
+    try:
+        _pwrite_all(fd, copy, spare)
+        os.fsync(fd)
+    except BaseException:
+        # Not committed: the old header is still the active one. Put the spare copy back to
+        # zeros (best effort) so that a failed rewrap leaves the file as it was.
+        try:
+            _pwrite_all(fd, bytes(new.capacity), spare)
+        except OSError:
+            pass
+        raise
     # The flip: one byte, inside the first page.
     _pwrite_all(fd, preamble[container.ACTIVE_OFFSET:container.ACTIVE_OFFSET + 1],
                 container.ACTIVE_OFFSET)

@@ -73,11 +73,20 @@ def _read_small(path, what: str) -> bytes:
                               f"{exc.strerror or exc}") from None
     if len(data) > _MAX_KEY_FILE_BYTES:
         raise InvalidKeyError(f"{os.fspath(path)}: too large to be a {what}")
-    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
-        warnings.warn(f"{os.fspath(path)}: secret key file is readable by group or others "
-                      f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it",
-                      KeyFilePermissionWarning, stacklevel=4)
+    _last_mode[os.fspath(path)] = info.st_mode
     return data
+
+
+_last_mode: dict = {}
+
+
+def _warn_if_exposed(path) -> None:
+    """Warn (once the file proved to hold a key) when a secret file is group/other-readable."""
+    mode = _last_mode.pop(os.fspath(path), None)
+    if mode is not None and stat.S_ISREG(mode) and mode & 0o077:
+        warnings.warn(f"{os.fspath(path)}: secret key file is readable by group or others "
+                      f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it",
+                      KeyFilePermissionWarning, stacklevel=4)
 
 
 def _secret_line(data: bytes, where: str) -> str:
@@ -95,7 +104,9 @@ def _secret_line(data: bytes, where: str) -> str:
 
 def read_secret_text(path) -> str:
     """The one key line of a text secret file (comments dropped)."""
-    return _secret_line(_read_small(path, "key file"), os.fspath(path))
+    line = _secret_line(_read_small(path, "key file"), os.fspath(path))
+    _warn_if_exposed(path)
+    return line
 
 
 def _parse_identity(data: bytes, where: str) -> Identity:
@@ -131,7 +142,9 @@ def _parse_identity(data: bytes, where: str) -> Identity:
 
 def load_identity(path) -> Identity:
     """The identity in a key or identity file (symmetric, x25519, xwing)."""
-    return _parse_identity(_read_small(path, "key file"), os.fspath(path))
+    identity = _parse_identity(_read_small(path, "key file"), os.fspath(path))
+    _warn_if_exposed(path)
+    return identity
 
 
 def read_key_file(path: str | os.PathLike) -> bytes:
