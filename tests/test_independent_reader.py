@@ -1,4 +1,4 @@
-"""An independent reader and writer of sealed files (format version 2), written only from docs/FORMAT.md.
+"""An independent reader and writer of sealed files (format v2), written only from docs/FORMAT.md.
 
 Nothing here imports the format, key, reader, writer or crypto code of sealtensors. The reader and
 writer below use the standard library (struct, hmac, hashlib, json, base64, unicodedata), AES-GCM
@@ -19,7 +19,7 @@ import re
 import secrets
 import struct
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -44,6 +44,7 @@ from sealtensors.keys import (  # noqa: E402
     SymmetricKey,
     VerifyingKey,
     generate_identity,
+    identity_text,
     load_identity,
 )
 
@@ -85,8 +86,6 @@ class IndSignatureError(IndIntegrityError):
     reference = "SignatureError"
 
 
-class IndKeyProviderError(IndError):
-    reference = "KeyProviderError"
 
 
 # Points where FORMAT.md does not say which error a reader raises (or says something the reference
@@ -95,9 +94,13 @@ class IndKeyProviderError(IndError):
 # these.
 GAP_UNKNOWN_SLOT_TYPE = ("§5.3 says records of an unknown type are skipped; the reference raises "
                          "UnsupportedFormatError while parsing the slot table")
-GAP_PASSPHRASE_RESERVED = ("§5.4 writes the fourth passphrase body byte as 0x00 but gives no reader "
-                           "rule; the reference raises FormatError, a literal reader finds a "
-                           "commitment mismatch (another passphrase) and WrongKeyError")
+GAP_PASSPHRASE_RESERVED = ("§5.4 writes the fourth passphrase body byte as 0x00 but gives no "
+                           "reader rule; the reference raises FormatError, a literal reader "
+                           "finds a commitment mismatch (another passphrase): WrongKeyError")
+GAP_PROVIDER_BODY = ("§5.4 gives a provider body's shape (name length 1..64, printable ASCII, "
+                     "payload 1..8192) but §9 no step or class for a malformed one; the reference "
+                     "and this reader raise FormatError when a provider identity examines the slot "
+                     "(step 9) and ignore it otherwise")
 GAP_STATEMENT_LABEL = ("§7a lists the statement fields a reader compares (SignatureError) but not "
                        "the label; the reference raises FormatError")
 
@@ -523,7 +526,8 @@ def parse_index(plain: bytes, data_plain_len: int):
     for entry in doc["tensors"]:
         if not isinstance(entry, dict) or set(entry) != {"name", "dtype", "shape", "offsets"}:
             raise IndFormatError("entry keys")
-        name, dtype, shape, offsets = entry["name"], entry["dtype"], entry["shape"], entry["offsets"]
+        name, dtype = entry["name"], entry["dtype"]
+        shape, offsets = entry["shape"], entry["offsets"]
         if (not _valid_string(name) or not name or len(name.encode("utf-8")) > MAX_NAME_BYTES
                 or name == "__metadata__" or name in names):
             raise IndFormatError(f"name {name!r}")
@@ -541,7 +545,9 @@ def parse_index(plain: bytes, data_plain_len: int):
         if not isinstance(offsets, list) or len(offsets) != 2 or any(type(v) is not int
                                                                      for v in offsets):
             raise IndFormatError("offsets")
-        nbytes = ITEM_SIZES[dtype] * int(np.prod(shape, dtype=object)) if shape else ITEM_SIZES[dtype]
+        nbytes = ITEM_SIZES[dtype]
+        for d in shape:
+            nbytes *= d
         begin, end = offsets
         if begin != align_up(position) or end != begin + nbytes or end > data_plain_len:
             raise IndFormatError(f"tiling at {name!r}")
@@ -601,7 +607,6 @@ class Opened:
     trailer: bytes
     statement: dict | None = None
     signer: bytes | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def parse_statement(raw: bytes) -> dict:
@@ -649,6 +654,11 @@ def _find_slot(records, identities, file_id):
             else:
                 name_len = record.body[0]
                 name = record.body[1:1 + name_len]
+                payload_len = len(record.body) - 1 - name_len
+                # §5.4 gives the body's shape but no step for a malformed one (GAP_PROVIDER_BODY).
+                if not 1 <= name_len <= 64 or not 1 <= payload_len <= 8192 \
+                        or any(not 0x20 < c < 0x7f for c in name):
+                    raise IndFormatError("malformed provider slot body")
                 if name != identity.name.encode("ascii"):
                     continue
                 dek = identity.unwrap_payload(record.body[1 + name_len:], provider_binding(file_id))
@@ -947,7 +957,8 @@ class Keys:
 
     def st_recipient(self, kind):
         return {"symmetric": SymmetricKey(self.sym), "x25519": self.x25519.recipient(),
-                "xwing": self.xwing.recipient(), "passphrase": Passphrase(self.passphrase, log2_n=15),
+                "xwing": self.xwing.recipient(),
+                "passphrase": Passphrase(self.passphrase, log2_n=15),
                 "provider": self.provider}[kind]
 
     def st_identity(self, kind):
@@ -1051,7 +1062,8 @@ def _tensor_cases():
                          "b": rng.standard_normal((37, 311)).astype(np.float32),
                          "c": rng.standard_normal(1000).astype(ml_dtypes.bfloat16)},
                         {"who": "multi"}),
-        "index-straddles-chunk": ({"x": np.arange(4, dtype=np.float32)}, {"blob": "z" * (CHUNK + 10)}),
+        "index-straddles-chunk": ({"x": np.arange(4, dtype=np.float32)},
+                                  {"blob": "z" * (CHUNK + 10)}),
     }
 
 
@@ -1084,7 +1096,8 @@ def _rebuild(opened: Opened, tensors, metadata, keys, kinds, *, signer=None) -> 
     kwargs = {}
     if opened.statement is not None and opened.trailer:
         kwargs = {"signer": signer, "generation": opened.statement["generation"],
-                  "signed_at": opened.statement["signed_at"], "ml_signature": opened.trailer[2312:5621]}
+                  "signed_at": opened.statement["signed_at"],
+                  "ml_signature": opened.trailer[2312:5621]}
     return write_sealed(tensors, _recipients_for(keys, kinds, "ind"), metadata, dek=opened.dek,
                         file_id=opened.file_id, index_salt=opened.index_msg[:SALT],
                         data_salt=opened.data_msg[:SALT], fixed_slots=_fixed_from(opened), **kwargs)
@@ -1116,6 +1129,11 @@ def test_each_slot_type_written_independently_opens_with_sealtensors(keys, kind,
     tensors, metadata = CASES["dtypes"]
     blob = write_sealed(tensors, [keys.ind_recipient(kind)], metadata)
     _assert_same_arrays(st_numpy.load(blob, keys.st_identity(kind)), tensors)
+    # sealtensors' identity file holds one secret line (§4.3) that decodes to the same secret.
+    if kind in ("x25519", "xwing"):
+        tag = {"x25519": "ST-X25519-SECRET", "xwing": "ST-XWING-SECRET"}[kind]
+        st_text = identity_text(keys.st_identity(kind))
+        assert text_decode(secret_line(st_text), tag) == keys.ind_identity(kind).secret
     # The identity's text form, as written from §4.3, is read by sealtensors too.
     if kind != "passphrase" and kind != "provider":
         secret = {"symmetric": ("ST-SYMMETRIC-SECRET", keys.sym),
@@ -1170,7 +1188,8 @@ def test_mixed_files_open_with_every_identity_independently(keys, mixed_files):
             assert opened.unlocked_slot == number
             assert [TYPE_NAMES[r.type] for r in opened.slots] == kinds
         # The identities are tried in the caller's order: the first one that owns a slot wins.
-        opened = read_sealed(blob, [SymIdentity(secrets.token_bytes(32)), keys.ind_identity("x25519")])
+        stranger = SymIdentity(secrets.token_bytes(32))
+        opened = read_sealed(blob, [stranger, keys.ind_identity("x25519")])
         assert opened.unlocked_slot == kinds.index("x25519")
     opened = read_sealed(mixed_files["every"], [SymIdentity(keys.sym)], signers=[keys.sign_public])
     assert opened.statement["generation"] == 42
@@ -1217,6 +1236,8 @@ def test_sealtensors_files_rebuild_byte_for_byte(keys, name, tmp_path):
     entries, data = opened.entries, opened.data
     assert all(begin % ALIGN == 0 for _, _, _, begin, _ in entries)
     assert len(data) == (entries[-1][4] if entries else 0)
+    assert len(opened.index_msg) == c2sp_message_length(len(opened.index_plain))
+    assert len(opened.data_msg) == c2sp_message_length(len(data))
     assert _rebuild(opened, tensors, metadata, keys, ["symmetric"]) == blob
     # And the other way round: sealtensors reads the independent writer's fresh file.
     fresh = write_sealed(tensors, [SymRecipient(keys.sym)], metadata)
@@ -1231,7 +1252,8 @@ def test_signed_files_rebuild_byte_for_byte(keys, name):
     blob = st_numpy.save(tensors, keys.sym, metadata=metadata, signer=keys.signing, generation=5)
     opened = read_sealed(blob, [SymIdentity(keys.sym)], signers=[keys.sign_public])
     st = opened.statement
-    assert st["label"] == STATEMENT_LABEL and st["generation"] == 5 and st["file_id"] == opened.file_id
+    assert st["label"] == STATEMENT_LABEL and st["generation"] == 5
+    assert st["file_id"] == opened.file_id
     trailer = opened.trailer
     assert len(trailer) == TRAILER_FIXED + 32 * len(stored_chunks(opened.data_msg))
     signer = Signer(keys.sign_seeds)
@@ -1266,7 +1288,26 @@ def test_provider_slot_layout(keys):
     assert read_sealed(blob, [SymIdentity(keys.sym)]).unlocked_slot == 1
 
 
-@pytest.mark.xfail(strict=True, reason=GAP_UNKNOWN_SLOT_TYPE, raises=st_errors.UnsupportedFormatError)
+def test_malformed_provider_bodies(keys):
+    """GAP_PROVIDER_BODY: refused by a provider identity, ignored by the others; both readers."""
+    blob = write_sealed({"x": np.arange(3)}, [SymRecipient(keys.sym)], None)
+    opened = read_sealed(blob, [SymIdentity(keys.sym)])
+    payload = provider_wrap(keys.provider_key, opened.dek, provider_binding(opened.file_id))
+    name = b"test-aesgcm"
+    bodies = {"empty name": bytes([0]) + payload, "name past the body": bytes([200]) + name + b"x",
+              "empty payload": bytes([11]) + name, "control character": bytes([11]) + b"test\x01"
+              + name[5:] + payload, "65-byte name": bytes([65]) + b"a" * 65 + payload}
+    for what, body in bodies.items():
+        bad = SlotRecord(PROVIDER, secrets.token_bytes(16), body)
+        forged = assemble(opened.dek, opened.file_id, [bad] + opened.slots, opened.index_msg,
+                          opened.data_msg)
+        assert _agree(forged, [SymIdentity(keys.sym)], keys.sym) == (None, None), what
+        got, want = _agree(forged, [keys.ind_identity("provider")], keys.provider)
+        assert got == want == ("FormatError", None), what
+
+
+@pytest.mark.xfail(strict=True, reason=GAP_UNKNOWN_SLOT_TYPE,
+                   raises=st_errors.UnsupportedFormatError)
 def test_unknown_slot_types_are_skipped(keys):
     """§5.3: records of an unknown type are allowed and skipped."""
     tensors = {"x": np.arange(4, dtype=np.int16)}
@@ -1340,7 +1381,10 @@ def test_format_md_example_opens_and_its_values_recompute():
     _assert_same_arrays(st_numpy.load(blob, EXAMPLE_KEY), want)
 
     values = _example_values()
-    hexval = lambda label: bytes.fromhex(values[label].split("=")[-1].replace(" ", ""))  # noqa: E731
+
+    def hexval(label):
+        return bytes.fromhex(values[label].split("=")[-1].replace(" ", ""))
+
     fid = opened.file_id
     assert hexval("recipient key") == EXAMPLE_KEY
     assert hexval("file id") == fid
@@ -1352,8 +1396,8 @@ def test_format_md_example_opens_and_its_values_recompute():
         (key, nonce, commitment)
     assert hexval("DEK") == opened.dek
     assert hexval("mac key") == mac_key(opened.dek)
-    m = re.fullmatch(r"HMAC-SHA-256\(mac key, file\[0x000:0x020\] \|\| file\[0x020:0x([0-9a-f]+)\]\)",
-                     values["header MAC"])
+    m = re.fullmatch(r"HMAC-SHA-256\(mac key, file\[0x000:0x020\] \|\| "
+                     r"file\[0x020:0x([0-9a-f]+)\]\)", values["header MAC"])
     end = int(m.group(1), 16)
     assert hmac.new(mac_key(opened.dek), blob[:end], hashlib.sha256).digest() == blob[end:end + 32]
     for role, message, context in (
@@ -1409,7 +1453,7 @@ def _flip(blob, pos, mask=0x01):
 def _agree(blob, ind_ids, st_ids, **verification):
     ind_v = {"signers" if k == "signer" else k: v for k, v in verification.items()}
     if "signers" in ind_v:
-        ind_v["signers"] = [ind_v["signers"].public]
+        ind_v["signers"] = [text_decode(ind_v["signers"].text(), "st-sign")]
     got = _independent_error(blob, ind_ids, **ind_v)
     want = _reference_error(blob, st_ids, **verification)
     return got, want
@@ -1464,7 +1508,8 @@ def test_flips_of_the_padding_and_a_zeroed_spare_copy(keys, flip_file):
     ind, st = [keys.ind_identity("symmetric")], keys.st_identity("symmetric")
     for pos in list(range(end, end + 64)) + [32 + capacity - 1]:           # padding: step 8
         assert _agree(_flip(flip_file, pos), ind, st) == (("FormatError", None),) * 2, pos
-    # The spare copy carries no meaning (§5.1): flips there, or garbage in all of it, change nothing.
+    # The spare copy carries no meaning (§5.1): flips there, or garbage in all of it, change
+    # nothing.
     tensors = read_sealed(flip_file, ind).tensors
     spare = range(32 + capacity, 32 + 2 * capacity)
     for pos in list(spare)[::251] + [spare[0], spare[-1]]:
@@ -1510,8 +1555,7 @@ def test_passphrase_and_provider_slot_flips_agree(keys):
     prov_start = pass_start + 20 + 124
     gaps = {pass_start: GAP_UNKNOWN_SLOT_TYPE, prov_start: GAP_UNKNOWN_SLOT_TYPE,
             pass_start + 23: GAP_PASSPHRASE_RESERVED}
-    for pos in [pass_start, pass_start + 1, pass_start + 4, pass_start + 20, pass_start + 21,
-                pass_start + 22, pass_start + 23, pass_start + 24, pass_start + 44, pass_start + 143]:
+    for pos in [pass_start + k for k in (0, 1, 4, 20, 21, 22, 23, 24, 44, 143)]:
         got, want = _agree(_flip(blob, pos), [keys.ind_identity("passphrase")],
                            keys.st_identity("passphrase"))
         assert got is not None, pos
@@ -1559,8 +1603,8 @@ def test_signature_of_sealtensors_verifies_independently(keys, signed_file):
     trailer = opened.trailer
     assert trailer[264:2248] == keys.sign_public
     # No key needed: anyone can check the signature over the ciphertext.
-    assert verify_signatures(keys.sign_public, trailer[:264], trailer[2248:2312], trailer[2312:5621])
-    assert sealtensors.verify  # the reference's whole-file check agrees (below, via a path)
+    assert verify_signatures(keys.sign_public, trailer[:264], trailer[2248:2312],
+                             trailer[2312:5621])
     with pytest.raises(IndSignatureError):
         read_sealed(blob, [SymIdentity(keys.sym)], signers=[keys.sign_public], min_generation=10)
     with pytest.raises(st_errors.SignatureError):
