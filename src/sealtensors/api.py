@@ -192,6 +192,10 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
 
 
 def _rewrap_report(header: container.Header, *, in_place: bool, rewrote_data: bool) -> dict:
+    from .keys import audit
+
+    audit.file_event("rewrap", header.file_id, "ok", slots=len(header.slots),
+                     slot_ids=",".join(r.slot_id.hex() for r in header.slots), in_place=in_place)
     return {"slots": [{"type": r.type_name, "slot_id": r.slot_id.hex()} for r in header.slots],
             "in_place": in_place, "rewrote_data": rewrote_data}
 

@@ -21,9 +21,10 @@ import numpy as np
 from .engine import memory as _memory
 from .crypto import chunked
 from .format import container
-from .errors import FormatError, IntegrityError, SignatureError
+from .errors import FormatError, IntegrityError, KeyProviderError, SignatureError, WrongKeyError
 from .format.index import TensorIndex, TensorInfo, parse as parse_index
 from .format import trailer
+from .keys import audit
 from .keys.keyfile import as_identities
 from .keys.signing import as_verifying_keys
 
@@ -260,7 +261,14 @@ class SealedReader:
 
     def _open(self, identities) -> None:
         source = self._source
-        header, unlocked = self._read_header(identities)
+        try:
+            header, unlocked = self._read_header(identities)
+        except (WrongKeyError, IntegrityError, KeyProviderError) as exc:
+            audit.file_event("open", None, type(exc).__name__)
+            raise
+        record = header.slots[unlocked.slot_index]
+        audit.file_event("open", header.file_id, "ok", slot_type=record.type_name,
+                         slot_id=record.slot_id.hex())
         self.header = header
         self.unlocked_slot = unlocked.slot_index
         self.opened_by = unlocked.identity

@@ -14,6 +14,7 @@ from .format import container
 from .engine.spec import span_ciphertext_length
 from .format.index import TensorIndex, serialize
 from .format import trailer
+from .keys import audit
 from .keys.keyfile import as_recipients
 from .keys.signing import SigningKey
 
@@ -148,4 +149,7 @@ def write_sealed(out: BinaryIO, index: TensorIndex, tensor_data: Iterable[Iterab
         out.seek(start)
         out.write(container.header_region(header, data_key))
         out.seek(end)
+    audit.file_event("seal", file_id, "ok", recipients=len(records),
+                     slot_types=",".join(r.type_name for r in records),
+                     signed=signing_key is not None)
     return file_id

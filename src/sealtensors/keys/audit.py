@@ -63,6 +63,26 @@ def _checked(event: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def enabled() -> bool:
+    """Whether file operations should record events: a log is configured, or the
+    ``sealtensors.audit`` logger listens."""
+    return bool(os.environ.get(ENV_VAR)) or logger.isEnabledFor(logging.INFO)
+
+
+def file_event(operation: str, file_id: bytes | None, outcome: str, **fields: Any) -> None:
+    """Record a file-level event (open, seal, rewrap, reseal) when auditing is enabled. Never
+    raises for a write failure of the log: auditing must not turn a load into a crash, but the
+    failure is logged."""
+    if not enabled():
+        return
+    event = {"operation": operation, "file_id": None if file_id is None else file_id.hex(),
+             "outcome": outcome, **fields}
+    try:
+        record(event)
+    except OSError as exc:
+        logger.error("sealtensors audit log could not be written: %s", exc)
+
+
 def record(event: Mapping[str, Any], *, sink: Callable[[dict], Any] | str | os.PathLike | None
            = None) -> dict[str, Any]:
     """Record one audit event and return the finished record (without ``prev``).
