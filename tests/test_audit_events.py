@@ -45,3 +45,19 @@ def test_no_log_no_records(tmp_path, monkeypatch):
     save_file({"w": np.ones(10, np.float32)}, path, KEY)
     load_file(path, KEY)
     assert calls == []
+
+
+@pytest.mark.engine_independent
+def test_cli_audit_verify(tmp_path, monkeypatch, capsys):
+    from sealtensors import cli
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv(audit.ENV_VAR, str(log))
+    save_file({"w": np.ones(10, np.float32)}, tmp_path / "m.sealed", KEY)
+    load_file(tmp_path / "m.sealed", KEY)
+    assert cli.main(["audit", "verify", str(log)]) == 0
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[1], lines[0]]) + "\n")  # reordered
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", str(log)]) == cli.EXIT_INTEGRITY
+    assert "line" in capsys.readouterr().err

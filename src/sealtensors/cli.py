@@ -731,6 +731,19 @@ def cmd_reseal(args) -> Result:
                    f"{file_id}" + (", signed" if signer is not None else "")])
 
 
+def cmd_audit(args) -> Result:
+    from .keys import audit
+
+    result = audit.verify(args.log)
+    data = {"log": args.log, "ok": result.ok, "records": result.records,
+            "first_bad_line": result.line, "reason": result.reason}
+    if result.ok:
+        return Result(data, [f"OK: {printable(args.log)}: {result.records} record(s), chain intact"])
+    return Result(data, [], EXIT_INTEGRITY,
+                  [f"integrity check failed: {printable(args.log)} line {result.line}: "
+                   f"{printable(result.reason)}"])
+
+
 def cmd_info(args) -> Result:
     import platform
 
@@ -967,6 +980,11 @@ def _args_reseal(p) -> None:
     add_threads_option(p)
 
 
+def _args_audit(p) -> None:
+    p.add_argument("action", choices=("verify",), help="verify: check the log's hash chain")
+    p.add_argument("log", metavar="LOG", help="an audit log (SEALTENSORS_AUDIT_LOG)")
+
+
 def _args_info(p) -> None:
     pass
 
@@ -1008,6 +1026,8 @@ COMMANDS: list[Command] = [
             _args_rewrap, cmd_rewrap),
     Command("reseal", "re-encrypt under a new data key and file id: revokes removed recipients",
             _args_reseal, cmd_reseal),
+    Command("audit", "check an audit log's hash chain (`audit verify LOG`)", _args_audit,
+            cmd_audit),
     Command("info", "show the engine in use (backend, AES provider, CPU path, threads) and "
                     "version", _args_info, cmd_info),
     Command("demo", "build a small transformer-like model, seal it, load it back, verify, and "
