@@ -68,11 +68,13 @@ class Statement:
     @classmethod
     def parse(cls, raw: bytes) -> "Statement":
         label, *fields = STATEMENT.unpack(raw)
+        # The trailer is only examined for a caller who asked for a signature: anything wrong in
+        # it is a signature failure.
         if label != STATEMENT_LABEL:
-            raise FormatError("signature trailer does not start with a sealtensors statement")
+            raise SignatureError("the signature trailer does not hold a sealtensors statement")
         statement = cls(*fields)
         if statement.generation > MAX_GENERATION:
-            raise FormatError("generation out of range")
+            raise SignatureError("the signed generation is out of range")
         return statement
 
 

@@ -31,7 +31,7 @@ MIN_LOG2_N, MAX_LOG2_N = 15, 20
 MIN_R, MAX_R = 8, 16
 MIN_P, MAX_P = 1, 4
 MAX_MEMORY = 1 << 30           # 128 * r * N bytes
-MAX_WORK = (1 << 20) * 8 * 2   # N * r * p: about 8x the default's time
+MAX_WORK = 1 << 22             # N * r * p: 4x the default's work (about 2 s here)
 
 
 def check_parameters(log2_n: int, r: int, p: int) -> None:
@@ -43,6 +43,15 @@ def check_parameters(log2_n: int, r: int, p: int) -> None:
     if 128 * r * (1 << log2_n) > MAX_MEMORY or (1 << log2_n) * r * p > MAX_WORK:
         raise FormatError(f"passphrase slot parameters N=2**{log2_n}, r={r}, p={p} would need more "
                           "memory or time than a reader accepts")
+
+
+def check_body(body: bytes) -> None:
+    """FormatError unless a passphrase slot body has a zero reserved byte and parameters within
+    the limits (checked for every file at parse time, before anything runs scrypt)."""
+    log2_n, r, p, reserved, _salt = PARAMS.unpack_from(body)
+    if reserved:
+        raise FormatError("a passphrase slot's reserved byte is not zero")
+    check_parameters(log2_n, r, p)
 
 
 def _normalise(passphrase) -> bytes:

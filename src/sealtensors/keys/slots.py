@@ -71,11 +71,26 @@ def parse_records(buffer: bytes, count: int) -> tuple[SlotRecord, ...]:
         offset += body_length
     if offset != len(buffer):
         raise FormatError("key slot table length does not match its slots")
+    for record in records:
+        _check_body(record)
     if len({record.slot_id for record in records}) != len(records):
         raise FormatError("two key slots carry the same slot id")
     if sum(record.slot_type == PASSPHRASE for record in records) > MAX_PASSPHRASE_SLOTS:
         raise FormatError(f"more than {MAX_PASSPHRASE_SLOTS} passphrase slots")
     return tuple(records)
+
+
+def _check_body(record: SlotRecord) -> None:
+    """Structural rules of the typed bodies that every reader applies (FORMAT.md 5.4, section 9
+    step 7): reserved bytes, scrypt limits, provider name and payload sizes."""
+    if record.slot_type == PASSPHRASE:
+        from .passphrase import check_body
+
+        check_body(record.body)
+    elif record.slot_type == PROVIDER:
+        from .provider_slot import split_body
+
+        split_body(record.body)
 
 
 class Recipient(abc.ABC):
