@@ -10,6 +10,7 @@ from .errors import (
     IntegrityError,
     InvalidKeyError,
     KeyProviderError,
+    PolicyError,
     RecipientError,
     SealError,
     SignatureError,
@@ -30,6 +31,7 @@ from .api import (
 from .io.atomic import DestinationExistsError
 from .engine.memory import PinningWarning
 from .engine.backends import SlowEngineWarning
+from .keys.policy import OpenRequest, set_policy
 from .keys import (
     Identity,
     KeyProvider,
@@ -63,6 +65,8 @@ __all__ = [
     "unseal_file",
     "rewrap",
     "reseal",
+    "set_policy",
+    "OpenRequest",
     "Recipient",
     "Identity",
     "Passphrase",
@@ -87,6 +91,7 @@ __all__ = [
     "SignatureError",
     "RecipientError",
     "KeyProviderError",
+    "PolicyError",
     "InvalidKeyError",
     "BackendError",
     "DestinationExistsError",

@@ -360,6 +360,10 @@ def verify(path: str | os.PathLike, key, *, threads: int = 0,
     with SealedReader.open(path, key, **verification_options(**verification)) as reader:
         reader.check_trailer()
         reader.verify(threads=threads, progress=progress)
+        from .keys import audit
+
+        audit.file_event("verify", reader.header.file_id, "ok", bytes=reader.data_length,
+                         signed_by_accepted=reader.signature is not None)
         summary = {"tensors": len(reader.index.tensors), "data_size": reader.data_length,
                    "file_id": reader.header.file_id.hex(), "signed": bool(reader.header.trailer_length)}
         if reader.signature is not None:

@@ -1100,7 +1100,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, label) for an exception raised by a subcommand."""
     from .io.atomic import DestinationExistsError
     from .errors import (BackendError, FormatError, IntegrityError, InvalidKeyError,
-                         KeyProviderError, RecipientError, SealError, SignatureError,
+                         KeyProviderError, PolicyError, RecipientError, SealError,
+                         SignatureError,
                          WrongKeyError)
 
     if isinstance(exc, DestinationExistsError):
@@ -1109,6 +1110,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_SIGNATURE, "signature check failed"
     if isinstance(exc, KeyProviderError):
         return EXIT_PROVIDER, "key provider failure"
+    if isinstance(exc, PolicyError):
+        return EXIT_WRONG_KEY, "refused by policy"
     if isinstance(exc, RecipientError):
         return EXIT_USAGE, "recipient error"
     if isinstance(exc, IntegrityError):

@@ -51,6 +51,10 @@ class WrongKeyError(SealError, ValueError):
     """None of the given keys can open the file (no key slot belongs to them)."""
 
 
+class PolicyError(SealError, PermissionError):
+    """The application's open policy (``sealtensors.set_policy``) refused to open the file."""
+
+
 class KeyProviderError(SealError, RuntimeError):
     """A key provider (KMS, HSM, TPM, plug-in) could not wrap or unwrap a data key: access
     denied, key disabled, token absent, policy (PCR) mismatch, network failure. The message is one
@@ -81,5 +85,6 @@ __all__ = [
     "RecipientError",
     "InvalidKeyError",
     "KeyProviderError",
+    "PolicyError",
     "BackendError",
 ]

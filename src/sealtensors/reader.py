@@ -21,10 +21,11 @@ import numpy as np
 from .engine import memory as _memory
 from .crypto import chunked
 from .format import container
-from .errors import FormatError, IntegrityError, KeyProviderError, SignatureError, WrongKeyError
+from .errors import (FormatError, IntegrityError, KeyProviderError, PolicyError, SignatureError,
+                     WrongKeyError)
 from .format.index import TensorIndex, TensorInfo, parse as parse_index
 from .format import trailer
-from .keys import audit
+from .keys import audit, policy
 from .keys.keyfile import as_identities
 from .keys.signing import as_verifying_keys
 
@@ -36,6 +37,8 @@ class _Source:
     under us, and touching the vanished pages kills the process (SIGBUS). pread turns that into a
     short read, which the engines report as truncation.
     """
+
+    name: str | None = None  # the path or URL, for audit records and policies
 
     def __init__(self, view: memoryview | None, fd: int | None, length: int) -> None:
         self.view = view
@@ -61,7 +64,9 @@ class _Source:
     def from_path(cls, path) -> "_Source":
         fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            return cls(None, fd, os.fstat(fd).st_size)
+            source = cls(None, fd, os.fstat(fd).st_size)
+            source.name = os.fsdecode(os.fspath(path))
+            return source
         except BaseException:
             os.close(fd)
             raise
@@ -249,6 +254,9 @@ class SealedReader:
             copy = source.read(offset, capacity)
             try:
                 header = container.parse(preamble, copy)
+                policy.check(policy.OpenRequest(header.file_id.hex(),
+                                                tuple(r.type_name for r in header.slots),
+                                                bool(header.trailer_length), source.name))
                 unlocked = container.unlock(header, identities)
             except (FormatError, IntegrityError):
                 if source.fd is None or source.read(0, container.PREAMBLE_SIZE) == preamble:
@@ -263,12 +271,12 @@ class SealedReader:
         source = self._source
         try:
             header, unlocked = self._read_header(identities)
-        except (WrongKeyError, IntegrityError, KeyProviderError) as exc:
-            audit.file_event("open", None, type(exc).__name__)
+        except (WrongKeyError, IntegrityError, KeyProviderError, PolicyError) as exc:
+            audit.file_event("open", None, type(exc).__name__, path=source.name)
             raise
         record = header.slots[unlocked.slot_index]
         audit.file_event("open", header.file_id, "ok", slot_type=record.type_name,
-                         slot_id=record.slot_id.hex())
+                         slot_id=record.slot_id.hex(), path=source.name)
         self.header = header
         self.unlocked_slot = unlocked.slot_index
         self.opened_by = unlocked.identity
