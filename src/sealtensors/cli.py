@@ -502,8 +502,9 @@ def _public_of(path: str) -> tuple[str, str]:
     if tag in textcodec.PUBLIC_TAGS:
         textcodec.decode(text, (tag,))
         return tag[3:], text
-    identity = _identity_from(path) if raw is None else \
-        __import__("sealtensors.keys.keyfile", fromlist=["x"])._parse_identity(raw, "<stdin>")
+    from .keys.keyfile import _parse_identity
+
+    identity = _identity_from(path) if raw is None else _parse_identity(raw, "<stdin>")
     if isinstance(identity, SymmetricKey):
         return "symmetric", identity.name().hex()
     if isinstance(identity, PublicKeyIdentity):
@@ -687,8 +688,10 @@ def cmd_rewrap(args) -> Result:
     if args.output is not None:
         check_destination(args.output, args.force)
     keys = read_identities(args)
-    removals = [item if os.path.exists(item) is False or len(item) == 32 else read_keys([item])[0]
-                for item in args.remove]
+    # A slot id or a public string is passed through as text (parsed strictly by rewrap); anything
+    # else names a key or identity file, read here so that '-' (stdin) works too.
+    removals = [item if re.fullmatch(r"[0-9a-f]{32}", item) or item.startswith("st-")
+                else read_keys([item])[0] for item in args.remove]
     result = rewrap(args.src, keys, add=add, remove=removals, dst=args.output,
                     overwrite=args.force, verify_data=args.verify, threads=args.threads)
     where = args.output if args.output is not None else args.src
