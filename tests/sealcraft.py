@@ -56,9 +56,12 @@ def assemble(*, data_key: bytes, file_id: bytes, index_len: int, data_len: int, 
                                       trailer_digest, count, table_length)
     body = fixed + table
     mac = mac_over(data_key, preamble, body) if mac is None else mac
+    # A hostile capacity is only a number in the preamble: the copies get a sane size.
+    size = capacity if container.MIN_CAPACITY <= capacity <= container.MAX_CAPACITY \
+        else container.capacity_for(len(table))
     copy = body + mac + padding
-    copy += bytes(max(0, capacity - len(copy)))
-    spare = bytes(capacity) if spare is None else spare
+    copy += bytes(max(0, size - len(copy)))
+    spare = bytes(size) if spare is None else spare
     copies = (copy, spare) if active == 0 else (spare, copy)
     return preamble + copies[0] + copies[1]
 

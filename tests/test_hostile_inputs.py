@@ -3,9 +3,10 @@
 Every case must end in a typed sealtensors error (a :class:`SealError` subclass) and must not
 allocate what a hostile length claims: the peak Python allocation while opening stays within a few
 MiB (plus a small multiple of the file's real size). Files are built from the format's own pieces
-(``container``, ``chunked``) so that the interesting cases get *past* authentication: a header field
-is changed and the header MAC recomputed under the data key, or an index is encrypted under the
-data key with the right context, so the test reaches the parser check it is aimed at.
+(``container``, ``chunked``, through tests/sealcraft.py) so that the interesting cases get *past*
+authentication: a header field is changed and the header MAC recomputed under the data key, or an
+index is encrypted under the data key with the right context, so the test reaches the parser check
+it is aimed at.
 
 A sanity test proves the crafting helpers are faithful (an unmodified crafted file loads), so a
 rejection below is the parser's doing and not a crafting mistake.
@@ -13,16 +14,15 @@ rejection below is the parser's doing and not a crafting mistake.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
-import struct
 import tracemalloc
 
 import numpy as np
 import pytest
 
+import sealcraft
+from sealcraft import header_of, layout, random_record, rebuild
 from sealtensors import (
     CommitmentError,
     FormatError,
@@ -36,34 +36,21 @@ from sealtensors.crypto import chunked
 from sealtensors.format import container
 from sealtensors import numpy as stnp
 from sealtensors.format.index import ALIGNMENT, MAX_NAME_BYTES
-from sealtensors.reader import SealedReader
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
 MiB = 1 << 20
 BASE_BUDGET = 4 * MiB
 
-_FIXED = struct.Struct("<8sHHI16sQQII")
-
 
 # --- crafting helpers ---------------------------------------------------------------------------
-
-
-def _mac(data_key: bytes, body: bytes) -> bytes:
-    return hmac.new(container.mac_key(data_key), body, hashlib.sha256).digest()
 
 
 def craft(index_plaintext: bytes, data_plaintext: bytes = b"", *, key: bytes = KEY,
           data_key: bytes | None = None, file_id: bytes | None = None) -> bytes:
     """A complete, fully authenticated sealed file with exactly these index and data plaintexts."""
-    data_key = data_key or secrets.token_bytes(32)
-    file_id = file_id or secrets.token_bytes(16)
-    index_message = chunked.encrypt(data_key, index_plaintext, container.index_context(file_id))
-    data_message = chunked.encrypt(data_key, data_plaintext,
-                                   container.data_context(file_id, index_plaintext))
-    slots = [container.wrap_key(key, data_key, file_id)]
-    header = container.build(file_id, len(index_message), len(data_message), slots, data_key)
-    return header + index_message + data_message
+    return sealcraft.craft(index_plaintext, data_plaintext, (key,), data_key=data_key,
+                           file_id=file_id)
 
 
 def index_doc(tensors, metadata=None) -> bytes:
@@ -75,39 +62,14 @@ def entry(name="t", dtype="U8", shape=(4,), offsets=(0, 4)) -> dict:
     return {"name": name, "dtype": dtype, "shape": list(shape), "offsets": list(offsets)}
 
 
-def recover(blob: bytes, key: bytes = KEY):
-    """(header, header bytes, data key) of a well-formed sealed file."""
-    count = container.parse_fixed(blob[:container.FIXED_HEADER_SIZE])[5]
-    header_bytes = blob[:container.header_size(count)]
-    header = container.parse(header_bytes)
-    return header, header_bytes, container.unlock(header, header_bytes, [key])
-
-
-def patch_fixed(blob: bytes, *, remac: bool = True, **fields) -> bytes:
-    """Change fixed-header fields (magic, version, suite, reserved0, file_id, index_len, data_len,
-    slots, reserved1) and, with ``remac``, recompute the MAC at the place the *original* slot count
-    puts it (what an attacker holding a recovered data key could do)."""
-    header, header_bytes, data_key = recover(blob)
-    names = ("magic", "version", "suite", "reserved0", "file_id", "index_len", "data_len", "slots",
-             "reserved1")
-    values = dict(zip(names, _FIXED.unpack_from(blob)))
-    values.update(fields)
-    fixed = _FIXED.pack(*(values[n] for n in names))
-    body = fixed + header_bytes[container.FIXED_HEADER_SIZE:header.size - container.MAC_SIZE]
-    mac = _mac(data_key, body) if remac else header.mac
-    return body + mac + blob[header.size:]
-
-
-def with_slots(blob: bytes, count: int, *, claimed: int | None = None) -> bytes:
-    """Re-header ``blob`` with ``count`` slots (the real one first, then fillers), claiming
-    ``claimed`` slots in the slot-count field, MAC recomputed over what is stored."""
-    header, header_bytes, data_key = recover(blob)
-    slots = list(header.slots) + [container.Slot(secrets.token_bytes(16), secrets.token_bytes(104))
-                                  for _ in range(count - 1)]
-    fixed = _FIXED.pack(container.MAGIC, 1, 1, 0, header.file_id, header.index_length,
-                        header.data_length, count if claimed is None else claimed, 0)
-    body = fixed + b"".join(s.key_id + s.wrapped_key for s in slots)
-    return body + _mac(data_key, body) + blob[header.size:]
+def with_slots(blob: bytes, total: int, **overrides) -> bytes:
+    """Re-header ``blob`` with ``total`` slots (the real one first, then random symmetric fillers),
+    MAC recomputed over what is stored; ``overrides`` go to sealcraft.assemble (e.g. a claimed
+    ``count`` or ``table_length`` that disagrees with the records)."""
+    header = header_of(blob)
+    records = list(header.slots) + [random_record() for _ in range(total - 1)]
+    return rebuild(blob, records=tuple(records),
+                   capacity=container.capacity_for(124 * len(records)), **overrides)
 
 
 # --- the oracle ---------------------------------------------------------------------------------
@@ -196,9 +158,10 @@ def test_crafted_file_loads():
 
 
 def test_patch_helpers_keep_a_valid_file(good):
-    assert set(stnp.load(patch_fixed(good), KEY)) == {"a", "b"}
+    assert rebuild(good) == good and rebuild(good, remac=False) == good
     assert set(stnp.load(with_slots(good, 1), KEY)) == {"a", "b"}
     assert set(stnp.load(with_slots(good, 3), KEY)) == {"a", "b"}
+    assert set(stnp.load(rebuild(good, sequence=7), KEY)) == {"a", "b"}
 
 
 # --- the file's outer shape ---------------------------------------------------------------------
@@ -211,14 +174,22 @@ def test_not_a_sealed_file(blob, how, tmp_path):
     rejects(blob, FormatError, how=how, tmp_path=tmp_path)
 
 
-@pytest.mark.parametrize("cut", [8, 12, 16, 17, 55])
-def test_truncated_inside_the_fixed_header(good, cut):
+@pytest.mark.parametrize("cut", [8, 10, 12, 16, 17, 31])
+def test_truncated_inside_the_preamble(good, cut):
     rejects(good[:cut], IntegrityError)
 
 
-@pytest.mark.parametrize("cut", [56, 100, 175, 207])
-def test_truncated_inside_the_slots_or_mac(good, cut):
-    rejects(good[:cut], IntegrityError)
+def test_truncated_inside_the_active_copy(good):
+    where = layout(good)
+    for cut in (32, 33, 100, where.table_start + 5, where.mac_start + 3, where.padding_start + 9,
+                where.spare_start - 1):
+        rejects(good[:cut], IntegrityError)
+
+
+def test_truncated_inside_the_spare_copy(good):
+    where = layout(good)
+    for cut in (where.spare_start, where.spare_start + 100, where.region_end - 1):
+        rejects(good[:cut], IntegrityError)
 
 
 @pytest.mark.parametrize("how", OPENERS)
@@ -227,21 +198,39 @@ def test_truncated_and_extended_files(good, how, tmp_path):
         rejects(blob, IntegrityError, how=how, tmp_path=tmp_path)
 
 
-@pytest.mark.parametrize("version", [0, 2, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 3, 0xFFFF])
 def test_unknown_version(good, version):
-    rejects(patch_fixed(good, version=version), UnsupportedFormatError)
+    err = rejects(rebuild(good, version=version), UnsupportedFormatError)
+    if version == 1:
+        assert "0.1" in str(err)
 
 
 @pytest.mark.parametrize("suite", [0, 2, 0xFFFF])
 def test_unknown_suite(good, suite):
-    rejects(patch_fixed(good, suite=suite), UnsupportedFormatError)
+    rejects(rebuild(good, suite=suite), UnsupportedFormatError)
 
 
-@pytest.mark.parametrize("field", ["reserved0", "reserved1"])
-@pytest.mark.parametrize("value", [1, 2**31, 2**32 - 1])
-def test_reserved_fields(good, field, value):
-    err = rejects(patch_fixed(good, **{field: value}), FormatError)
+@pytest.mark.parametrize("fields", [
+    dict(reserved0=b"\x01\x00\x00"), dict(reserved0=b"\xff" * 3),
+    dict(reserved1=b"\x80" + bytes(11)), dict(reserved1=bytes(11) + b"\x01"),
+    dict(active=2), dict(active=255),
+    dict(capacity=4095), dict(capacity=12288 + 1), dict(capacity=0), dict(capacity=2**32 - 1),
+], ids=repr)
+@pytest.mark.parametrize("remac", [True, False])
+def test_impossible_preamble_fields(good, fields, remac):
+    err = rejects(rebuild(good, remac=remac, **fields), FormatError)
     assert not isinstance(err, UnsupportedFormatError)
+
+
+def test_active_copy_byte_is_authenticated(good):
+    """The file with copy 1 as the active copy (same header there, MAC for copy 1) loads; moving
+    the copy without recomputing the MAC, or only flipping the byte, is refused."""
+    assert set(stnp.load(rebuild(good, active=1), KEY)) == {"a", "b"}
+    header_of(rebuild(good, active=1))
+    rejects(rebuild(good, active=1, remac=False), IntegrityError)
+    flipped = bytearray(good)
+    flipped[container.ACTIVE_OFFSET] = 1
+    rejects(bytes(flipped), FormatError)  # copy 1 of a new file is zero: slot count 0
 
 
 # --- header lengths -----------------------------------------------------------------------------
@@ -259,7 +248,7 @@ def test_hostile_lengths(good, field, value, how, tmp_path):
     rem = (value - chunked.HEADER_SIZE) % chunked.ENCRYPTED_CHUNK_SIZE
     possible = 72 <= value <= limit and 16 <= rem <= 16399
     for remac in (True, False):
-        rejects(patch_fixed(good, remac=remac, **{field: value}),
+        rejects(rebuild(good, remac=remac, **{field: value}),
                 IntegrityError if possible else FormatError, how=how, tmp_path=tmp_path)
 
 
@@ -283,41 +272,71 @@ def _valid_length_near(n: int) -> int:
 def test_valid_but_larger_than_the_file(good, field, value, how, tmp_path):
     """Plausible huge lengths with a correct MAC: the file length check refuses them, and nothing the
     size of the claim is allocated."""
-    assert value != getattr(recover(good)[0], "index_length" if field == "index_len"
+    assert value != getattr(header_of(good), "index_length" if field == "index_len"
                             else "data_length")
-    rejects(patch_fixed(good, **{field: value}), IntegrityError, how=how, tmp_path=tmp_path)
+    rejects(rebuild(good, **{field: value}), IntegrityError, how=how, tmp_path=tmp_path)
 
 
 @pytest.mark.parametrize("field", ["index_len", "data_len"])
 def test_swapped_lengths_without_mac(good, field):
     """An attacker without the key moves the index/data boundary: the header MAC catches it."""
-    header = recover(good)[0]
+    header = header_of(good)
     value = _valid_length_near((header.index_length if field == "index_len"
                                 else header.data_length) + 16400)
-    rejects(patch_fixed(good, remac=False, **{field: value}), IntegrityError)
+    rejects(rebuild(good, remac=False, **{field: value}), IntegrityError)
 
 
-# --- slot counts --------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", OPENERS)
+def test_signature_trailer_claimed_by_an_unsigned_file(good, how, tmp_path):
+    """A trailer length and digest under a valid MAC but no trailer bytes: the file length check
+    refuses it; a wrong trailer length is a FormatError before any cryptography."""
+    from sealtensors.format import trailer
+
+    exact = trailer.trailer_length(header_of(good).data_length)
+    rejects(rebuild(good, trailer_len=exact, trailer_digest=b"\x01" * 32), IntegrityError, how=how,
+            tmp_path=tmp_path)
+    for value in (1, exact - 1, exact + 32, 2**64 - 1):
+        rejects(rebuild(good, trailer_len=value, trailer_digest=b"\x01" * 32), FormatError,
+                how=how, tmp_path=tmp_path)
+    rejects(rebuild(good, trailer_digest=b"\x01" * 32), FormatError, how=how, tmp_path=tmp_path)
+
+
+# --- slot counts and the slot table -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("how", OPENERS)
 @pytest.mark.parametrize("count", [0, 1025, 2**16, 2**31, 2**32 - 1])
 def test_slot_count_out_of_range(good, count, how, tmp_path):
     for remac in (True, False):
-        rejects(patch_fixed(good, remac=remac, slots=count), FormatError, how=how,
-                tmp_path=tmp_path)
+        rejects(rebuild(good, remac=remac, count=count), FormatError, how=how, tmp_path=tmp_path)
 
 
 @pytest.mark.parametrize("claimed", [2, 7, 1024])
-def test_slot_count_larger_than_the_file(good, claimed):
-    """More slots claimed than stored: the header runs into the index (MAC fails) or past the end
-    of the file (truncated)."""
-    rejects(patch_fixed(good, slots=claimed), IntegrityError)
+def test_slot_count_larger_than_the_table(good, claimed):
+    """More slots claimed than the table holds: the table ends inside a record (FormatError)."""
+    for remac in (True, False):
+        err = rejects(rebuild(good, remac=remac, count=claimed), FormatError)
+        assert "ends inside" in str(err)
 
 
 def test_slot_count_smaller_than_stored(good):
-    blob = with_slots(good, 3, claimed=2)
-    rejects(blob, IntegrityError)
+    err = rejects(with_slots(good, 3, count=2), FormatError)
+    assert "length does not match" in str(err)
+
+
+@pytest.mark.parametrize("delta", [-1, -20, 1, 32, 33, 500])
+def test_slot_table_length_disagrees_with_the_records(good, delta):
+    """The table length claims more or fewer bytes than the records hold (the MAC and padding are
+    then read as slot bytes, or a record is cut): FormatError, MAC recomputed or not."""
+    for remac in (True, False):
+        rejects(rebuild(good, remac=remac, table_length=124 + delta), FormatError)
+
+
+def test_slot_table_length_past_the_copy(good):
+    capacity = header_of(good).capacity
+    for value in (capacity - 88 - 32 + 1, capacity, 2**32 - 1):
+        err = rejects(rebuild(good, table_length=value), FormatError)
+        assert "does not fit" in str(err)
 
 
 def test_max_slots_with_a_stranger_key_is_cheap(good):
@@ -326,45 +345,124 @@ def test_max_slots_with_a_stranger_key_is_cheap(good):
     assert set(stnp.load(blob, KEY)) == {"a", "b"}
     rejects(blob, WrongKeyError, keys=OTHER_KEY)
     rejects(blob, WrongKeyError, keys=[OTHER_KEY, bytes(32), bytes([7]) * 32])
+    rejects(with_slots(good, 3, count=container.MAX_SLOTS + 1), FormatError)
 
 
 def test_wrong_key_vs_altered_slot(good):
     rejects(good, WrongKeyError, keys=OTHER_KEY)
-    header = recover(good)[0]
-    slot_at = container.FIXED_HEADER_SIZE
+    where = layout(good)
+    slot_at = where.table_start
     altered_id = bytearray(good)
-    altered_id[slot_at] ^= 1  # key id: the commitment still matches under KEY
+    altered_id[slot_at + 4] ^= 1  # slot id: the commitment still matches under KEY
     err = rejects(bytes(altered_id), IntegrityError)
-    assert not isinstance(err, CommitmentError)
+    assert not isinstance(err, CommitmentError) and "slot id" in str(err)
     altered_wrap = bytearray(good)
-    altered_wrap[slot_at + 16 + 60] ^= 1  # inside the wrapped DEK's ciphertext
+    altered_wrap[slot_at + 20 + 60] ^= 1  # inside the wrapped DEK's ciphertext
     rejects(bytes(altered_wrap), IntegrityError)
     altered_mac = bytearray(good)
-    altered_mac[header.size - 1] ^= 1
-    rejects(bytes(altered_mac), IntegrityError)
+    altered_mac[where.padding_start - 1] ^= 1
+    err = rejects(bytes(altered_mac), IntegrityError)
+    assert "header" in str(err)
+
+
+def _authenticated_part(where) -> list[int]:
+    """Every byte of the preamble and of the active copy up to its MAC's end, then the padding's
+    first 64 bytes, every 61st padding byte and its last byte."""
+    positions = list(range(where.padding_start + 64))
+    copy_end = where.copy_start + where.header.capacity
+    positions += list(range(where.padding_start + 64, copy_end, 61)) + [copy_end - 1]
+    return positions
 
 
 def test_every_header_byte_is_authenticated(good):
-    """Flipping any single header byte is a typed error; never a load."""
-    header = recover(good)[0]
-    for position in range(header.size):
+    """Flipping any single byte of the preamble and the active copy is a typed error; never a load.
+
+    The file id is the one field whose alteration makes the key's slot unrecognisable rather than
+    altered: the symmetric slot id and the slot's context are derived from it, so the reader
+    reports WrongKeyError (FORMAT.md 9, notes). A flipped slot type byte names an unknown type
+    (UnsupportedFormatError, 5.3). Every other byte is refused as malformed or altered."""
+    where = layout(good)
+    file_id = set(range(where.copy_start, where.copy_start + 16))
+    for position in _authenticated_part(where):
         blob = bytearray(good)
         blob[position] ^= 0x80
-        rejects(bytes(blob))
+        err = rejects(bytes(blob))
+        if position in file_id:
+            assert isinstance(err, WrongKeyError), repr(err)
+        elif position == where.table_start:
+            assert isinstance(err, UnsupportedFormatError), repr(err)
+        else:
+            assert not isinstance(err, WrongKeyError), f"flip at {position}: {err!r}"
+
+
+@pytest.mark.engine_independent
+def test_every_padding_byte_is_checked(good):
+    """The zero padding after the MAC is part of the copy's format: every byte is checked (on one
+    engine: parsing does not depend on it)."""
+    where = layout(good)
+    for position in range(where.padding_start, where.copy_start + where.header.capacity):
+        blob = bytearray(good)
+        blob[position] ^= 0x01
+        with pytest.raises(FormatError, match="padding"):
+            stnp.load(bytes(blob), KEY)
+
+
+def _same_tensors(blob: bytes, expected: dict) -> None:
+    out = stnp.load(blob, KEY)
+    assert list(out) == list(expected)
+    for name, array in expected.items():
+        assert out[name].dtype == array.dtype and np.array_equal(out[name], array)
+
+
+def test_spare_copy_bytes_change_nothing(good):
+    """FORMAT.md 5.1: readers ignore the spare copy. Flipping any sample of its bytes, all of them
+    at once, or filling it with noise or another valid header changes nothing the reader returns."""
+    expected = stnp.load(good, KEY)
+    with stnp_reader(good) as reader:
+        metadata = reader.metadata()
+    where = layout(good)
+    capacity = where.header.capacity
+    spare = range(where.spare_start, where.spare_start + capacity)
+    sample = list(spare[:256]) + list(spare[256:-256:97]) + list(spare[-256:])
+    for position in sample:
+        blob = bytearray(good)
+        blob[position] ^= 1 << (position % 8)
+        _same_tensors(bytes(blob), expected)
+    other = stnp.save({"z": np.zeros(3, np.uint8)}, KEY)
+    other_copy = other[32:32 + capacity] if header_of(other).capacity == capacity else None
+    fillers = [bytes(b ^ 0xFF for b in good[spare.start:spare.stop]), secrets.token_bytes(capacity),
+               good[where.copy_start:where.copy_start + capacity]]
+    if other_copy is not None:
+        fillers.append(other_copy)  # a valid header of another file, same key
+    for filler in fillers:
+        blob = good[:spare.start] + filler + good[spare.stop:]
+        _same_tensors(blob, expected)
+        with stnp_reader(blob) as reader:
+            assert reader.metadata() == metadata and reader.header == where.header
+
+
+def stnp_reader(blob):
+    from sealtensors.reader import SealedReader
+
+    return SealedReader.from_bytes(blob, KEY)
 
 
 def test_splicing_messages_between_files(good):
     """Same key, two files: neither index nor data message moves from one file into the other."""
     other = stnp.save({"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.int64)}, KEY,
                       metadata={"who": "test"})
-    h1, h2 = recover(good)[0], recover(other)[0]
-    assert (h1.index_length, h1.data_length) == (h2.index_length, h2.data_length)
-    spliced_index = good[:h1.size] + other[h2.index_offset:h2.data_offset] + good[h1.data_offset:]
+    h1, h2 = header_of(good), header_of(other)
+    assert (h1.index_length, h1.data_length, h1.region_size) \
+        == (h2.index_length, h2.data_length, h2.region_size)
+    spliced_index = good[:h1.index_offset] + other[h2.index_offset:h2.data_offset] \
+        + good[h1.data_offset:]
     rejects(spliced_index, CommitmentError)
     spliced_data = good[:h1.data_offset] + other[h2.data_offset:]
     rejects(spliced_data, CommitmentError)
-    spliced_header = other[:h2.size] + good[h1.size:]
+    spliced_header = other[:h2.region_size] + good[h1.region_size:]
     rejects(spliced_header, CommitmentError)
+    spliced_copy = good[:32] + other[32:32 + h2.capacity] + good[32 + h1.capacity:]
+    rejects(spliced_copy, CommitmentError)
 
 
 # --- hostile index documents (authenticated: they reach the parser) ------------------------------
@@ -548,7 +646,7 @@ def test_data_commitment_binds_the_index():
                   file_id=file_id)
     second = craft(index_doc([entry("u", "U8", [4], [0, 4])]), b"abcd", data_key=data_key,
                    file_id=file_id)
-    h = recover(first)[0]
+    h = header_of(first)
     rejects(second[:h.data_offset] + first[h.data_offset:], CommitmentError)
 
 
