@@ -525,9 +525,94 @@ def cmd_key(args) -> Result:
     return Result({"type": kind, "id": name}, [f"{kind} {name}"])
 
 
+def _tree_data_size(directory: str) -> int:
+    """Tensor bytes of every plain .safetensors file under ``directory`` (progress total)."""
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        total += sum(_safetensors_data_size(os.path.join(root, name)) for name in files
+                     if name.endswith(".safetensors"))
+    return total
+
+
+def _many_targets(sources: Sequence[str], dst: str, force: bool) -> list[tuple[str, str]]:
+    """(source, DST/basename) pairs for a command given several files and a directory."""
+    if not os.path.isdir(dst):
+        raise UsageError(f"with several inputs the last argument must be an existing directory: "
+                         f"{dst}")
+    pairs, seen = [], set()
+    for source in sources:
+        name = os.path.basename(os.path.normpath(source))
+        if name in seen:
+            raise UsageError(f"two inputs are named {name}: their outputs would collide")
+        seen.add(name)
+        target = os.path.join(dst, name)
+        check_destination(target, force)
+        pairs.append((source, target))
+    return pairs
+
+
+def _run_files(jobs: dict, total: int, desc: str) -> dict:
+    """Run ``jobs`` ({name: callable(progress)}) in parallel under one progress bar."""
+    from .checkpoint import _ProgressSum, _default_workers, _run_parallel
+
+    with _Progress(total, desc) as progress:
+        counter = _ProgressSum(total, None if progress is None
+                               else (lambda done, _total: progress(done)))
+        return _run_parallel({name: (lambda name=name, job=job: job(counter.for_file(name)))
+                              for name, job in jobs.items()}, _default_workers(len(jobs)))
+
+
+def _seal_many(args, recipients, signer) -> Result:
+    from .api import seal_file
+
+    for source in args.src:
+        check_plain_source(source)
+    pairs = _many_targets(args.src, args.dst, args.force)
+    started = time.perf_counter()
+    ids = _run_files({source: (lambda progress, source=source, target=target: seal_file(
+        source, target, recipients=recipients, overwrite=args.force, threads=args.threads,
+        progress=progress, signer=signer, generation=args.generation)) for source, target in pairs},
+        sum(_safetensors_data_size(source) for source in args.src), "sealing")
+    files = [{"src": source, "dst": target, "file_id": ids[source],
+              "size": os.path.getsize(target)} for source, target in pairs]
+    return Result({"files": files, "recipients": _describe_recipients(recipients),
+                   "signed": signer is not None,
+                   "seconds": round(time.perf_counter() - started, 6)},
+                  [f"sealed {printable(f['src'])} -> {printable(f['dst'])} "
+                   f"({human_size(f['size'])})" for f in files])
+
+
+def _seal_directory(args, recipients, signer) -> Result:
+    from .checkpoint import MANIFEST_NAME, seal_checkpoint
+
+    started = time.perf_counter()
+    with _Progress(_tree_data_size(args.src), "sealing") as progress:
+        report = seal_checkpoint(args.src, args.dst, recipients, signer=signer,
+                                 generation=args.generation, overwrite=args.force,
+                                 threads=args.threads,
+                                 progress=None if progress is None else
+                                 (lambda done, _total: progress(done)))
+    report["seconds"] = round(time.perf_counter() - started, 6)
+    report["recipients"] = _describe_recipients(recipients)
+    return Result(report, [
+        f"sealed checkpoint {printable(args.src)} -> {printable(args.dst)} "
+        f"({len(report['shards'])} shard(s), {report['seconds']:.2f} s) for "
+        f"{len(recipients)} recipient(s)",
+        *(f"  {printable(s['name'])}  file id {s['file_id']}" for s in report["shards"]),
+        f"  {MANIFEST_NAME}  file id {report['manifest_file_id']}",
+        *(f"  {printable(name)}: index stub (tensor names only in the manifest)"
+          for name in report["indexes"]),
+        *(f"  {printable(name)}: copied" for name in report["copied"])])
+
+
 def cmd_seal(args) -> Result:
     from .api import seal_file
 
+    if len(args.src) > 1:
+        return _seal_many(args, read_recipients(args), _signing_key(args))
+    args.src = args.src[0]
+    if os.path.isdir(args.src):
+        return _seal_directory(args, read_recipients(args), _signing_key(args))
     check_plain_source(args.src)
     check_destination(args.dst, args.force)
     recipients = read_recipients(args)
@@ -551,9 +636,46 @@ def cmd_seal(args) -> Result:
     return Result(data, lines)
 
 
+def _unseal_many(args, keys) -> Result:
+    from .api import inspect, unseal_file
+
+    for source in args.src:
+        check_sealed_source(source)
+    pairs = _many_targets(args.src, args.dst, args.force)
+    total = sum(inspect(source)["data_size"] for source in args.src) \
+        if _stderr_is_terminal() else 0
+    options = verification(args)
+    _run_files({source: (lambda progress, source=source, target=target: unseal_file(
+        source, target, keys, overwrite=args.force, threads=args.threads, progress=progress,
+        **options)) for source, target in pairs}, total, "unsealing")
+    files = [{"src": source, "dst": target, "size": os.path.getsize(target)}
+             for source, target in pairs]
+    return Result({"files": files, "authenticated": True},
+                  [f"unsealed {printable(f['src'])} -> {printable(f['dst'])} "
+                   f"({human_size(f['size'])}, every byte authenticated)" for f in files])
+
+
+def _unseal_directory(args, keys) -> Result:
+    from .checkpoint import unseal_checkpoint
+
+    started = time.perf_counter()
+    report = unseal_checkpoint(args.src, args.dst, keys, overwrite=args.force,
+                               threads=args.threads, **verification(args))
+    report["seconds"] = round(time.perf_counter() - started, 6)
+    report["authenticated"] = True
+    return Result(report, [f"unsealed checkpoint {printable(args.src)} -> {printable(args.dst)} "
+                           f"({len(report['shards'])} shard(s), every byte authenticated, the "
+                           "manifest checked)"])
+
+
 def cmd_unseal(args) -> Result:
     from .api import inspect, unseal_file
 
+    if len(args.src) > 1:
+        return _unseal_many(args, read_identities(args))
+    args.src = args.src[0]
+    if os.path.isdir(args.src):
+        return _unseal_directory(args, read_identities(args))
     check_sealed_source(args.src)
     check_destination(args.dst, args.force)
     keys = read_identities(args)
@@ -573,6 +695,15 @@ def cmd_unseal(args) -> Result:
 def _verify_one(path: str, keys: list, threads: int, options: dict) -> dict:
     from .api import inspect, verify
 
+    if os.path.isdir(path):
+        from .checkpoint import verify_checkpoint
+
+        started = time.perf_counter()
+        summary = verify_checkpoint(path, keys, threads=threads, **options)
+        return {"path": path, "ok": True, "checkpoint": True, "tensors": summary["tensors"],
+                "data_size": summary["data_size"], "file_id": summary["manifest_file_id"],
+                "shards": summary["shards"], "signed": summary["signed"],
+                "seconds": round(time.perf_counter() - started, 6)}
     check_sealed_source(path)
     started = time.perf_counter()
     if "progress" in _inspect.signature(verify).parameters and _stderr_is_terminal():
@@ -624,9 +755,46 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
             for row in [header, *rows]]
 
 
+def _inspect_directory(args) -> Result:
+    from .checkpoint import inspect_checkpoint
+
+    keys = read_identities(args, required=False) or None
+    report = inspect_checkpoint(args.src, keys, **(verification(args) if keys else {}))
+    lines = ["authenticated: yes (manifest and shards checked with your key)"
+             if report["authenticated"] else
+             "authenticated: NO (no key given: what follows is what the files claim)",
+             f"checkpoint:  {printable(report['path'])}"
+             + ("" if report["checkpoint"] else " (no manifest: not a sealed checkpoint)")]
+    lines += [f"  sealed  {printable(f['name'])}: {human_size(f['file_size'])}, "
+              f"{len(f['slots'])} slot(s), file id {f['file_id']}" for f in report["sealed_files"]]
+    lines += [f"  plain   {printable(f['name'])}: {human_size(f['size'])}"
+              for f in report["plain_files"]]
+    for shard, tensors in (report.get("tensors") or {}).items():
+        lines.append(f"{printable(shard)}: {len(tensors)} tensor(s)")
+        lines += _table([(t["name"], t["dtype"], _format_shape(t["shape"])) for t in tensors],
+                        ("name", "dtype", "shape")) if tensors else []
+    if not report["authenticated"]:
+        lines.append("tensor names, shapes and the index's tensor map are encrypted; "
+                     "pass --identity/--key-file to list them")
+    return Result(report, lines)
+
+
 def cmd_inspect(args) -> Result:
+    if len(args.src) > 1:
+        results = [_inspect_path(argparse.Namespace(**{**vars(args), "src": path}))
+                   for path in args.src]
+        return Result({"files": [r.data for r in results]},
+                      [line for r in results
+                       for line in (f"== {printable(r.data['path'])}", *r.lines)])
+    args.src = args.src[0]
+    return _inspect_path(args)
+
+
+def _inspect_path(args) -> Result:
     from .api import inspect
 
+    if os.path.isdir(args.src):
+        return _inspect_directory(args)
     check_sealed_source(args.src)
     keys = read_identities(args, required=False) or None
     report = inspect(args.src, keys, **(verification(args) if keys else {}))
@@ -684,14 +852,20 @@ def cmd_rewrap(args) -> Result:
     if not add and not args.remove:
         raise UsageError("nothing to do: pass --add-recipient STR, --add KEYFILE, --add-passphrase "
                          "and/or --remove SLOT_ID_OR_RECIPIENT")
-    check_sealed_source(args.src)
-    if args.output is not None:
-        check_destination(args.output, args.force)
     keys = read_identities(args)
     # A slot id or a public string is passed through as text (parsed strictly by rewrap); anything
     # else names a key or identity file, read here so that '-' (stdin) works too.
     removals = [item if re.fullmatch(r"[0-9a-f]{32}", item) or item.startswith("st-")
                 else read_keys([item])[0] for item in args.remove]
+    if len(args.src) > 1 or os.path.isdir(args.src[0]):
+        if args.output is not None:
+            raise UsageError("--output takes one file; directories and several files are "
+                             "rewrapped in place")
+        return _rewrap_many(args, keys, add, removals)
+    args.src = args.src[0]
+    check_sealed_source(args.src)
+    if args.output is not None:
+        check_destination(args.output, args.force)
     result = rewrap(args.src, keys, add=add, remove=removals, dst=args.output,
                     overwrite=args.force, verify_data=args.verify, threads=args.threads)
     where = args.output if args.output is not None else args.src
@@ -703,6 +877,32 @@ def cmd_rewrap(args) -> Result:
                    *(f"  {slot['type']:<10} slot {slot['slot_id']}" for slot in result["slots"]),
                    "note: a removed recipient who kept the data key can still read this content; "
                    "`sealtensors reseal` revokes for real" if args.remove else ""])
+
+
+def _rewrap_many(args, keys, add, removals) -> Result:
+    from .api import rewrap
+    from .checkpoint import rewrap_checkpoint
+
+    files, lines = [], []
+    for path in args.src:
+        if os.path.isdir(path):
+            report = rewrap_checkpoint(path, keys, add=add, remove=removals,
+                                       verify_data=args.verify, threads=args.threads)
+            for entry in report["files"]:
+                files.append({"path": os.path.join(path, entry["name"]), **entry})
+            done = sum(entry["action"] == "rewrapped" for entry in report["files"])
+            lines.append(f"rewrapped checkpoint {printable(path)}: {done} file(s) rewrapped, "
+                         f"{len(report['files']) - done} already done")
+            continue
+        check_sealed_source(path)
+        result = rewrap(path, keys, add=add, remove=removals, verify_data=args.verify,
+                        threads=args.threads)
+        files.append({"path": path, "action": "rewrapped", **result})
+        lines.append(f"rewrapped {printable(path)}: {len(result['slots'])} recipient slot(s)")
+    if args.remove:
+        lines.append("note: a removed recipient who kept the data key can still read this "
+                     "content; `sealtensors reseal` revokes for real")
+    return Result({"files": files}, lines)
 
 
 def cmd_reseal(args) -> Result:
@@ -914,7 +1114,9 @@ def _args_key(p) -> None:
 
 
 def _args_seal(p) -> None:
-    p.add_argument("src", metavar="SRC.safetensors")
+    p.add_argument("src", metavar="SRC", nargs="+",
+                   help="a .safetensors file, a Hugging Face checkpoint directory (sealed into "
+                        "the directory DST, with a manifest), or several files (DST: a directory)")
     p.add_argument("dst", metavar="DST")
     add_recipient_options(p)
     add_force_option(p)
@@ -922,8 +1124,10 @@ def _args_seal(p) -> None:
 
 
 def _args_unseal(p) -> None:
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST.safetensors")
+    p.add_argument("src", metavar="SRC", nargs="+",
+                   help="a sealed file, a sealed checkpoint directory, or several sealed files "
+                        "(DST: a directory)")
+    p.add_argument("dst", metavar="DST")
     add_key_option(p)
     add_signer_options(p)
     add_force_option(p)
@@ -931,20 +1135,23 @@ def _args_unseal(p) -> None:
 
 
 def _args_inspect(p) -> None:
-    p.add_argument("src", metavar="FILE")
+    p.add_argument("src", metavar="PATH", nargs="+", help="sealed files or checkpoint directories")
     add_key_option(p, required=False, help_text="a key file: also list tensors and metadata")
     add_signer_options(p)
 
 
 def _args_verify(p) -> None:
-    p.add_argument("src", metavar="FILE", nargs="+", help="one or more sealed files")
+    p.add_argument("src", metavar="PATH", nargs="+",
+                   help="one or more sealed files or sealed checkpoint directories")
     add_key_option(p)
     add_signer_options(p)
     add_threads_option(p)
 
 
 def _args_rewrap(p) -> None:
-    p.add_argument("src", metavar="FILE")
+    p.add_argument("src", metavar="PATH", nargs="+",
+                   help="sealed files or checkpoint directories (a directory is one operation: "
+                        "every shard and the manifest; rerun it to finish an interrupted one)")
     add_key_option(p, help_text="a key file that opens FILE now")
     p.add_argument("--add-recipient", action="append", default=[], metavar="STR",
                    help="add a recipient by its public string (repeatable)")
