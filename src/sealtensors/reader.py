@@ -31,7 +31,8 @@ from .keys.signing import as_verifying_keys
 
 
 class _Source:
-    """Random access to the sealed bytes: an in-memory buffer, or a file read with pread.
+    """Random access to the sealed bytes: an in-memory buffer, a file read with pread, or a remote
+    object (S3, GCS, HTTP(S), any fsspec URL) read with range GETs (:mod:`sealtensors.io.remote`).
 
     Files are deliberately not memory-mapped: storage an attacker controls can shrink a mapped file
     under us, and touching the vanished pages kills the process (SIGBUS). pread turns that into a
@@ -40,10 +41,12 @@ class _Source:
 
     name: str | None = None  # the path or URL, for audit records and policies
 
-    def __init__(self, view: memoryview | None, fd: int | None, length: int) -> None:
+    def __init__(self, view: memoryview | None, fd: int | None, length: int, *,
+                 remote=None) -> None:
         self.view = view
         self.fd = fd
         self.length = length
+        self.remote = remote  # an io.remote.RemoteObject, or None
         # A handle dropped without close() (``f = safe_open(...)`` outside a ``with``) must not
         # leak its descriptor.
         self._close_fd = None if fd is None else weakref.finalize(self, os.close, fd)
@@ -61,7 +64,18 @@ class _Source:
         return cls(view, None, len(view))
 
     @classmethod
-    def from_path(cls, path) -> "_Source":
+    def from_path(cls, path, fs=None) -> "_Source":
+        """A local path, a URL (``s3://``, ``gs://``, ``https://``, any fsspec URL), a
+        :class:`~sealtensors.io.remote.RemotePath`, or a path inside the fsspec filesystem ``fs``."""
+        from .io import remote as _remote
+
+        location = _remote.resolve(_remote.bind(path, fs))
+        if location is not None:
+            remote = location.open()
+            source = cls(None, None, remote.size, remote=remote)
+            source.name = remote.label
+            return source
+        path = _remote.local_path(path)
         fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             source = cls(None, fd, os.fstat(fd).st_size)
@@ -75,6 +89,8 @@ class _Source:
         """Up to ``length`` bytes at ``offset`` (fewer only at the end of the source)."""
         if self.view is not None:
             return bytes(self.view[offset:offset + length])
+        if self.remote is not None:
+            return self.remote.read(offset, length)
         pieces = []
         while length > 0:
             piece = os.pread(self.fd, length, offset)
@@ -128,6 +144,8 @@ class _Source:
         if self.fd is not None:
             self.fd = None
             self._close_fd()
+        if self.remote is not None:
+            self.remote.close()
         with self._lock:
             self._released = True
             callbacks, self._on_release = self._on_release, []
@@ -235,8 +253,9 @@ class SealedReader:
             raise
 
     @classmethod
-    def open(cls, path, keys, **options) -> "SealedReader":
-        return cls(_Source.from_path(path), keys, **options)
+    def open(cls, path, keys, *, fs=None, **options) -> "SealedReader":
+        """Open a local path, a URL or a RemotePath (``fs``: an fsspec filesystem ``path`` is in)."""
+        return cls(_Source.from_path(path, fs), keys, **options)
 
     @classmethod
     def from_bytes(cls, data, keys, **options) -> "SealedReader":
@@ -370,6 +389,11 @@ class SealedReader:
                                                         self.header.data_offset,
                                                         self.header.data_length, first, stop, dst,
                                                         threads=threads, **extra)
+                    return
+                if source.remote is not None:
+                    source.remote.decrypt_chunks_into(self._data_keys, self.header.data_offset,
+                                                      self.header.data_length, first, stop, dst,
+                                                      threads=threads, **extra)
                     return
                 with source.view[self.header.data_offset:self.header.trailer_offset] as message:
                     chunked.decrypt_chunk_range_into(self._data_keys, message, first, stop, dst,
