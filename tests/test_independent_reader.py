@@ -1356,6 +1356,24 @@ def test_unknown_slot_types_are_unsupported(keys, slot_type):
         (("UnsupportedFormatError", None),) * 2
 
 
+def test_slot_type_byte_altered_to_a_valid_type(keys):
+    """§9 step 10: a slot is tried by its body's length, whatever its type byte says. A symmetric
+    slot whose salt starts 0x01 and a printable byte is also a well-formed provider body, so
+    retyping it to provider passes step 7; the key's holder then finds it: IntegrityError."""
+    opened = _symmetric_file(keys)
+    salt = b"\x01A" + secrets.token_bytes(SALT - 2)
+    record = SymRecipient(keys.sym).make(opened.dek, opened.file_id, {"salt": salt})
+    blob = assemble(opened.dek, opened.file_id, [record], opened.index_msg, opened.data_msg)
+    assert read_sealed(blob, [SymIdentity(keys.sym)]).tensors["x"].tolist() == [0, 1, 2]
+    retyped = bytearray(blob)
+    assert retyped[32 + 88] == SYMMETRIC
+    retyped[32 + 88] = PROVIDER
+    got, want = _agree(bytes(retyped), [SymIdentity(keys.sym)], keys.sym)
+    assert got == want == ("IntegrityError", None)
+    got, want = _agree(bytes(retyped), [keys.ind_identity("provider")], keys.provider)
+    assert got == want == ("WrongKeyError", None)              # a provider named "A": not ours
+
+
 # --------------------------------------------------------------------------------------------------
 # 3: the worked example of §14 is a real file.
 
