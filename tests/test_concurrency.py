@@ -121,7 +121,7 @@ def _rewrap_loop(backend: str, path: str, rounds: int, ready, done) -> None:
             if step % 2 == 0:
                 sealtensors.rewrap(path, A, add=[B])
             else:
-                sealtensors.rewrap(path, A, remove=[key_id(B).hex()])
+                sealtensors.rewrap(path, A, remove=[B])
     finally:
         done.set()
 
@@ -130,8 +130,8 @@ def test_readers_racing_an_in_place_rewrap_in_another_process(backend, tmp_path)
     path = tmp_path / "live.sealed"
     expected = file_arrays(7)
     save_file(expected, path, A)
-    only_a = sorted([key_id(A).hex()])
-    both = sorted([key_id(A).hex(), key_id(B).hex()])
+    # slot ids are per file: count the slots instead of naming them
+    only_a, both = 1, 2
 
     context = multiprocessing.get_context("spawn")
     ready, done = context.Event(), context.Event()
@@ -167,7 +167,7 @@ def test_readers_racing_an_in_place_rewrap_in_another_process(backend, tmp_path)
 
     def read_headers() -> None:
         while not done.is_set():
-            assert sorted(sealtensors.inspect(path)["recipients"]) in (only_a, both)
+            assert len(sealtensors.inspect(path)["recipients"]) in (only_a, both)
             count("headers")
 
     def guarded(function):
@@ -191,7 +191,7 @@ def test_readers_racing_an_in_place_rewrap_in_another_process(backend, tmp_path)
     assert outcomes["a_ok"] > 0 and outcomes["headers"] > 0, outcomes
     assert outcomes["b_ok"] + outcomes["b_refused"] > 0, outcomes
     # 40 rewraps alternate add/remove: B ends removed; nothing but the header ever changed.
-    assert sorted(sealtensors.inspect(path)["recipients"]) == only_a
+    assert len(sealtensors.inspect(path)["recipients"]) == only_a
     assert digest(load_file(path, A)) == digest(expected)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

@@ -287,14 +287,15 @@ def decrypted_chunks(monkeypatch):
     original = engine.decrypt_span
     calls: list[int] = []
 
-    def spy(aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0):
+    def spy(aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0, digests=None):
         calls.append(-(-len(memoryview(src).cast("B")) // ENCRYPTED_CHUNK_SIZE))
         return original(aead_key, base_nonce, first_chunk, src, dst, final=final, threads=threads)
 
     monkeypatch.setattr(engine, "decrypt_span", spy)
     fd_original = engine.decrypt_span_fd
 
-    def fd_spy(aead_key, base_nonce, first_chunk, fd, offset, length, dst, *, final, threads=0):
+    def fd_spy(aead_key, base_nonce, first_chunk, fd, offset, length, dst, *, final, threads=0,
+               digests=None):
         calls.append(-(-length // ENCRYPTED_CHUNK_SIZE))
         return fd_original(aead_key, base_nonce, first_chunk, fd, offset, length, dst, final=final,
                            threads=threads)

@@ -128,7 +128,8 @@ def test_file_without_metadata_or_tensors(tmp_path):
     safetensors_numpy.save_file({}, str(source))
     sealed, restored = tmp_path / "empty.sealed", tmp_path / "back.safetensors"
     sealtensors.seal_file(source, sealed, KEY)
-    assert sealtensors.verify(sealed, KEY) == {"tensors": 0, "data_size": 0}
+    summary = sealtensors.verify(sealed, KEY)
+    assert (summary["tensors"], summary["data_size"], summary["signed"]) == (0, 0, False)
     sealtensors.unseal_file(sealed, restored, KEY)
     assert safetensors_numpy.load_file(str(restored)) == {}
     assert plain_metadata(restored) is None
@@ -141,8 +142,11 @@ def test_several_recipients_and_key_files(tmp_path):
     sealtensors.write_key_file(key_file, OTHER_KEY)
     sealed = tmp_path / "m.sealed"
     sealtensors.seal_file(source, sealed, [KEY, str(key_file)], threads=2)
-    recipients = sealtensors.inspect(sealed)["recipients"]
-    assert sorted(recipients) == sorted(sealtensors.key_id(k).hex() for k in (KEY, OTHER_KEY))
+    report = sealtensors.inspect(sealed)
+    file_id = bytes.fromhex(report["file_id"])
+    from sealtensors.keys import SymmetricKey
+
+    assert report["recipients"] == [SymmetricKey(k).slot_id(file_id).hex() for k in (KEY, OTHER_KEY)]
     for index, key in enumerate((KEY, OTHER_KEY, key_file)):
         out = tmp_path / f"out{index}.safetensors"
         sealtensors.unseal_file(sealed, out, key, threads=index + 1)

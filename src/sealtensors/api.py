@@ -63,14 +63,15 @@ def seal_file(src: str | os.PathLike, dst: str | os.PathLike, key=None, *, recip
 
 
 def unseal_file(src: str | os.PathLike, dst: str | os.PathLike, key, *, overwrite: bool = False,
-                threads: int = 0, progress: ProgressCallback | None = None, **verification) -> None:
+                threads: int = 0, progress: ProgressCallback | None = None, fs=None,
+                **verification) -> None:
     """Decrypt the sealed file ``src`` back into a ``.safetensors`` file ``dst`` (mode 0600).
 
     The whole data section is authenticated as it streams; on any failure ``dst`` is not created
     (or left untouched) and no partial output remains. ``signer=``/pins as for :func:`verify`."""
     refuse_same_file(dst, src)
     check_destination(dst, overwrite=overwrite)
-    with SealedReader.open(src, key, **verification_options(**verification)) as reader:
+    with SealedReader.open(src, key, fs=fs, **verification_options(**verification)) as reader:
         reader.check_trailer()
         with atomic_output(dst, overwrite=overwrite, mode=0o600) as out:
             out.write(header_for(reader.index))
@@ -286,17 +287,26 @@ def _pieces_from_spans(index, spans):
         yield pieces(info)
 
 
-def inspect(path: str | os.PathLike, key=None, **verification) -> dict:
+def inspect(path: str | os.PathLike, key=None, *, fs=None, **verification) -> dict:
     """What a file shows. Without a key: the public layout (sizes, slot types and ids, whether it
     is signed), labelled unauthenticated, after checking the file length against the header. With
     a key (read once, authenticated): also the tensor table, the metadata and which slot is the
     key's; with ``signer=``, the signature is verified too."""
-    source = _Source.from_path(path)
+    source = _Source.from_path(path, fs)
     try:
-        preamble = source.read(0, container.PREAMBLE_SIZE)
-        _version, _suite, active, capacity = container.parse_preamble(preamble)
-        copy = source.read(container.copy_offset(active, capacity), capacity)
-        header = container.parse(preamble, copy)
+        # An in-place rewrap in another process may flip the active copy between our reads: a
+        # failure with a changed preamble is retried (the reader's own rule, FORMAT.md section 9).
+        for attempt in range(5):
+            preamble = source.read(0, container.PREAMBLE_SIZE)
+            _version, _suite, active, capacity = container.parse_preamble(preamble)
+            copy = source.read(container.copy_offset(active, capacity), capacity)
+            try:
+                header = container.parse(preamble, copy)
+                break
+            except (ValueError, IntegrityError):
+                if attempt == 4 or source.read(0, container.PREAMBLE_SIZE) == preamble:
+                    raise
+        source.length = os.fstat(source.fd).st_size
         if source.length != header.file_length:
             raise IntegrityError(f"file is {source.length} bytes, its header says "
                                  f"{header.file_length} (truncated or extended)")
@@ -311,7 +321,7 @@ def inspect(path: str | os.PathLike, key=None, **verification) -> dict:
     report = _public_report(path, header, signature)
     if key is None:
         return report
-    with SealedReader.open(path, key, **verification_options(**verification)) as reader:
+    with SealedReader.open(path, key, fs=fs, **verification_options(**verification)) as reader:
         reader.check_trailer()
         header = reader.header
         report = _public_report(path, header, reader.signature or signature)
@@ -352,12 +362,12 @@ def _public_report(path, header: container.Header, signature) -> dict:
 
 
 def verify(path: str | os.PathLike, key, *, threads: int = 0,
-           progress: ProgressCallback | None = None, **verification) -> dict:
+           progress: ProgressCallback | None = None, fs=None, **verification) -> dict:
     """Authenticate every byte of a sealed file (header, slots, index, every data chunk, the
     signature trailer's bytes); writes nothing. ``signer=`` (accepted publishers), ``pin=`` (a pin
     file), ``min_generation=``, ``expect_file_id=``: also require a valid publisher signature over
     exactly this content (SignatureError). Returns a summary; raises on the first failure."""
-    with SealedReader.open(path, key, **verification_options(**verification)) as reader:
+    with SealedReader.open(path, key, fs=fs, **verification_options(**verification)) as reader:
         reader.check_trailer()
         reader.verify(threads=threads, progress=progress)
         from .keys import audit
@@ -390,14 +400,14 @@ def _placements(reader: SealedReader, names) -> tuple[list[tuple[TensorInfo, int
     return placements, position
 
 
-def buffer_size(filename: str | os.PathLike, key, names=None) -> int:
+def buffer_size(filename: str | os.PathLike, key, names=None, *, fs=None) -> int:
     """Bytes a buffer must hold for :func:`load_into` with the same ``names``."""
-    with SealedReader.open(filename, key) as reader:
+    with SealedReader.open(filename, key, fs=fs) as reader:
         return _placements(reader, names)[1]
 
 
 def load_into(filename: str | os.PathLike, key, buffer, *, names=None,
-              threads: int = 0) -> dict[str, np.ndarray]:
+              threads: int = 0, fs=None) -> dict[str, np.ndarray]:
     """Decrypt tensors of a sealed file into memory the caller owns (serving stacks that manage
     their own, for instance pinned, buffers).
 
@@ -415,7 +425,7 @@ def load_into(filename: str | os.PathLike, key, buffer, *, names=None,
     if not view.c_contiguous:
         raise ValueError("buffer must be C-contiguous")
     target = np.frombuffer(view.cast("B"), dtype=np.uint8)
-    with SealedReader.open(filename, key) as reader:
+    with SealedReader.open(filename, key, fs=fs) as reader:
         placements, needed = _placements(reader, names)
         if len(target) < needed:
             raise ValueError(f"buffer holds {len(target)} bytes, {needed} are needed "
