@@ -253,12 +253,14 @@ def test_directories_as_source_or_destination_are_named(tmp_path, plain, key, ca
     code, _, err = run(capsys, "seal", plain, directory, "-k", key, "--force")
     assert_clean_failure(code, cli.EXIT_IO, err)
     assert str(directory) in err and "directory" in err
+    # A directory source is a checkpoint directory (tests/test_checkpoint_dirs.py): an empty one
+    # has nothing to seal, and one without a manifest is no sealed checkpoint.
     code, _, err = run(capsys, "seal", directory, tmp_path / "x.sealed", "-k", key)
-    assert_clean_failure(code, cli.EXIT_IO, err)
-    assert str(directory) in err and "Is a directory" in err
+    assert_clean_failure(code, cli.EXIT_FORMAT, err)
+    assert str(directory) in err and "no *.safetensors file" in err
     code, _, err = run(capsys, "verify", directory, "-k", key)
-    assert_clean_failure(code, cli.EXIT_IO, err)
-    assert str(directory) in err
+    assert_clean_failure(code, cli.EXIT_INTEGRITY, err)
+    assert str(directory) in err and "not a sealed checkpoint directory" in err
 
 
 def test_disk_full_while_sealing_names_the_destination(tmp_path, plain, key, capsys,
