@@ -256,3 +256,13 @@ def test_concurrent_rewraps_never_lose_an_update(make_sealed):
     assert sum(status == 0 for status, _ in results) >= 1
     assert opens_with(path, A)
     assert sealtensors.inspect(path)["header_sequence"] == sum(s == 0 for s, _ in results)
+
+
+def test_same_passphrase_added_and_removed_is_refused(make_sealed):
+    path = make_sealed(ARRAYS, A)
+    sealtensors.rewrap(path, A, add=[Passphrase("pw for both", log2_n=15)])
+    before = open(path, "rb").read()
+    with pytest.raises(RecipientError):
+        sealtensors.rewrap(path, A, add=[Passphrase("pw for both", log2_n=15)],
+                           remove=[Passphrase("pw for both")])
+    assert open(path, "rb").read() == before

@@ -124,9 +124,15 @@ def _slot_ids_to_remove(remove: Iterable, header: container.Header) -> list[tupl
 
 def _new_records(reader: SealedReader, data_key: bytes, add, remove) -> list:
     header = reader.header
+    # The same recipient named on both sides (also for types without a computable slot id:
+    # passphrases, providers) is a contradiction, not a replacement.
+    added_recipients = as_recipients(add) if add else []
+    for item in remove:
+        if isinstance(item, (Recipient, Identity)) and any(item == r for r in added_recipients):
+            raise RecipientError("a recipient cannot be both added and removed")
     removals = {slot_id for slot_id, _ in _slot_ids_to_remove(remove, header)}
     kept = [record for record in header.slots if record.slot_id not in removals]
-    added = container.wrap_for(as_recipients(add), data_key, header.file_id) if add else []
+    added = container.wrap_for(added_recipients, data_key, header.file_id) if add else []
     for record in added:
         if any(hmac.compare_digest(record.slot_id, old.slot_id) for old in header.slots):
             if record.slot_id in removals:

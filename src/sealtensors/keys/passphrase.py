@@ -110,3 +110,11 @@ class Passphrase(Recipient, Identity):
 
     def describe(self) -> str:
         return "passphrase"
+
+    def __eq__(self, other) -> bool:
+        import hmac
+
+        return isinstance(other, Passphrase) and hmac.compare_digest(self._secret, other._secret)
+
+    def __hash__(self) -> int:
+        return hash(("passphrase", len(self._secret)))
