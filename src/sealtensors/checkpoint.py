@@ -572,7 +572,8 @@ def verify_checkpoint(directory: str | os.PathLike, key, *, threads: int = 0, wo
     shards = [results[name] for name in sorted(results)]
     return {"path": os.fspath(directory), "checkpoint": True, "manifest_file_id": manifest.file_id,
             "shards": shards, "tensors": sum(s["tensors"] for s in shards),
-            "data_size": sum(s["data_size"] for s in shards), "files_checked": sorted(manifest.files),
+            "data_size": sum(s["data_size"] for s in shards),
+            "files_checked": sorted(manifest.files),
             "signed": all(s["signed"] for s in shards)}
 
 

@@ -69,6 +69,8 @@ environment:
   SEALTENSORS_BACKEND=auto|c|python   SEALTENSORS_AES=auto|ipsecmb|openssl
   SEALTENSORS_THREADS=N               SEALTENSORS_DEBUG=1 (tracebacks on errors)
   SEALTENSORS_AUDIT_LOG=FILE          (key provider audit trail, JSON lines)
+  SEALTENSORS_IDENTITY=FILE[:FILE]    keys for sealed checkpoints loaded by transformers/vLLM
+  SEALTENSORS_SIGNER=st-sign:...[,..] (sealtensors.integrations; see the README)
 """
 
 KEYS_HELP = """\
@@ -257,6 +259,15 @@ def _safetensors_data_size(path: str) -> int:
 
 def _peek(path: str, count: int = 9) -> tuple[bytes, int]:
     """The first ``count`` bytes of ``path`` and its size; errors name ``path``."""
+    from .io import remote
+
+    location = remote.resolve(path)
+    if location is not None:  # s3://, gs://, https://...: one metadata request and one range GET
+        obj = location.open()
+        try:
+            return obj.read(0, count), obj.size
+        finally:
+            obj.close()
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     with open(path, "rb") as handle:
