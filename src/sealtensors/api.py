@@ -312,7 +312,8 @@ def inspect(path: str | os.PathLike, key=None, *, fs=None, **verification) -> di
             except (ValueError, IntegrityError):
                 if attempt == 4 or source.read(0, container.PREAMBLE_SIZE) == preamble:
                     raise
-        source.length = os.fstat(source.fd).st_size
+        if source.fd is not None:  # a remote source's length is the size pinned at open
+            source.length = os.fstat(source.fd).st_size
         if source.length != header.file_length:
             raise IntegrityError(f"file is {source.length} bytes, its header says "
                                  f"{header.file_length} (truncated or extended)")
