@@ -1,0 +1,199 @@
+"""Tensor-parallel loading across processes with torch.distributed: every rank decrypts only its
+own slice ("each"), or one process per host reads and decrypts and the others receive their slices
+through collectives ("shared", one key unwrap and one download per host).
+
+Both modes work on local paths, URLs (``s3://``, ``gs://``, ``https://``) and ``fs=`` paths, with
+the gloo backend (CPU) and NCCL (GPU tensors) alike. See docs/REMOTE.md for running at scale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+
+from .torch import _shard_bounds, check_device
+
+__all__ = ["load_sharded", "host_group", "MODES"]
+
+MODES = ("each", "shared")
+
+
+def _dim_for(dims, name: str, ndim: int) -> int | None:
+    dim = dims.get(name) if isinstance(dims, Mapping) else dims
+    if dim is not None and dim < 0:
+        dim += ndim  # counted from the last dimension, as in torch
+    return dim if dim is not None and 0 <= dim < ndim else None
+
+
+def _counting(handle, stats: dict) -> None:
+    """Count the plaintext bytes this handle's reader decrypts (chunk rounding included)."""
+    reader = handle._reader
+    inner = reader._decrypt_chunks
+
+    def counted(first, stop, dst, threads):
+        inner(first, stop, dst, threads)
+        stats["bytes_decrypted"] += memoryview(dst).nbytes
+
+    reader._decrypt_chunks = counted
+
+
+def host_group(ranks_per_host: int | None = None):
+    """The process group of this rank's host (consecutive ranks, ``ranks_per_host`` of them;
+    default ``LOCAL_WORLD_SIZE`` as torchrun sets it, else the whole world). Every rank must call
+    it, in the same order, as :func:`torch.distributed.new_group` requires."""
+    world = dist.get_world_size()
+    per_host = ranks_per_host or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if per_host <= 0 or world % per_host:
+        raise ValueError(f"{per_host} ranks per host do not divide a world of {world}")
+    if per_host == world:
+        return dist.group.WORLD
+    mine = None
+    for start in range(0, world, per_host):
+        group = dist.new_group(list(range(start, start + per_host)))
+        if start <= dist.get_rank() < start + per_host:
+            mine = group
+    return mine
+
+
+def load_sharded(filename, key=None, *, dims: int | Mapping[str, int | None] | None = 0,
+                 mode: str = "each", group=None, device: str = "cpu", names=None, fs=None,
+                 stats: dict | None = None, **verification) -> dict[str, torch.Tensor]:
+    """This rank's tensor-parallel part of each tensor of a sealed file (local path, URL, or a
+    path in the fsspec filesystem ``fs``), split over the ranks of ``group`` (default: the world).
+
+    ``dims`` as in :func:`sealtensors.torch.load_shard` (one dim for all, a mapping name -> dim,
+    None to replicate); splits follow ``numpy.array_split``. The result equals slicing the full
+    load, on every rank.
+
+    ``mode="each"``: every rank opens the file and decrypts only the chunks holding its slice (for
+    splits along dimension 0; other dimensions need the whole tensor). ``mode="shared"``: rank 0 of
+    ``group`` (one per host: see :func:`host_group`) opens the file, decrypts each tensor once and
+    scatters the slices (broadcasts replicated tensors); the other ranks need no key and make no
+    request to the store. ``stats``: a dict that receives ``bytes_decrypted`` (plaintext, chunk
+    rounding included), ``bytes_received`` (through collectives) and ``seconds``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialised (call init_process_group first)")
+    group = dist.group.WORLD if group is None else group
+    target = check_device(device)
+    counters = {"bytes_decrypted": 0, "bytes_received": 0}
+    started = time.perf_counter()
+    if mode == "each":
+        result = _load_each(filename, key, dims, group, names, fs, counters, verification)
+    else:
+        result = _load_shared(filename, key, dims, group, names, fs, counters, verification)
+    if target.type != "cpu":
+        result = {name: tensor.to(target) for name, tensor in result.items()}
+    if stats is not None:
+        stats.update(counters, seconds=time.perf_counter() - started)
+    return result
+
+
+def _load_each(filename, key, dims, group, names, fs, counters, verification):
+    from .safe_open import safe_open
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    result = {}
+    with safe_open(filename, "pt", key=key, fs=fs, **verification) as handle:
+        _counting(handle, counters)
+        for name in (handle.offset_keys() if names is None else list(names)):
+            piece = handle.get_slice(name)
+            shape = piece.get_shape()
+            dim = _dim_for(dims, name, len(shape))
+            if dim is None:
+                result[name] = piece[...]
+            else:
+                begin, end = _shard_bounds(shape[dim], rank, world)
+                result[name] = piece[(slice(None),) * dim + (slice(begin, end),)]
+    return result
+
+
+def _comm_device(group) -> torch.device:
+    """NCCL moves CUDA tensors only; gloo (and MPI) work on CPU tensors."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _load_shared(filename, key, dims, group, names, fs, counters, verification):
+    from .safe_open import safe_open
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    leader = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
+    comm = _comm_device(group)
+    handle = None
+    try:
+        # The leader's open (and any failure: wrong key, integrity, store errors) decides for all:
+        # it broadcasts the plan, or the error text so that no rank waits forever.
+        plan: list = [None]
+        failure: BaseException | None = None
+        if rank == 0:
+            try:
+                handle = safe_open(filename, "pt", key=key, fs=fs, **verification)
+                _counting(handle, counters)
+                wanted = handle.offset_keys() if names is None else list(names)
+                plan[0] = wanted
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                plan[0] = f"{type(exc).__name__}: {exc}"
+                failure = exc
+        dist.broadcast_object_list(plan, src=leader, group=group)
+        if isinstance(plan[0], str):
+            if rank == 0:
+                raise failure
+            raise RuntimeError(f"the leader (rank {leader}) could not open the file: {plan[0]}")
+        result = {}
+        for name in plan[0]:
+            # Decrypted one tensor at a time: the leader holds at most one whole tensor extra.
+            full, layout = None, [None]
+            if rank == 0:
+                try:
+                    full = handle.get_tensor(name).to(comm)
+                    layout[0] = (str(full.dtype), list(full.shape))
+                except Exception as exc:  # noqa: BLE001 - told to every rank, then re-raised
+                    layout[0] = f"{type(exc).__name__}: {exc}"
+                    failure = exc
+            dist.broadcast_object_list(layout, src=leader, group=group)
+            if isinstance(layout[0], str):
+                if rank == 0:
+                    raise failure
+                raise RuntimeError(f"the leader (rank {leader}) failed on {name!r}: {layout[0]}")
+            dtype, shape = getattr(torch, layout[0][0].removeprefix("torch.")), layout[0][1]
+            dim = _dim_for(dims, name, len(shape))
+            if dim is None:
+                tensor = full if rank == 0 else torch.empty(shape, dtype=dtype, device=comm)
+                dist.broadcast(tensor, src=leader, group=group)
+                if rank != 0:
+                    counters["bytes_received"] += tensor.nbytes
+                result[name] = tensor
+                continue
+            bounds = [_shard_bounds(shape[dim], r, world) for r in range(world)]
+            mine_shape = list(shape)
+            mine_shape[dim] = bounds[rank][1] - bounds[rank][0]
+            out = torch.empty(mine_shape, dtype=dtype, device=comm)
+            pieces = None
+            if rank == 0:
+                pieces = [full.narrow(dim, b, e - b).contiguous() for b, e in bounds]
+            if len({e - b for b, e in bounds}) == 1:
+                dist.scatter(out, pieces, src=leader, group=group)
+            elif rank == 0:  # unequal slices: scatter wants equal sizes, send them one by one
+                for other in range(1, world):
+                    dist.send(pieces[other], dst=dist.get_global_rank(group, other)
+                              if group is not dist.group.WORLD else other, group=group)
+            else:
+                dist.recv(out, src=leader, group=group)
+            if rank == 0:
+                out = pieces[0]
+            else:
+                counters["bytes_received"] += out.nbytes
+            result[name] = out
+        return result
+    finally:
+        if handle is not None:
+            handle.close()
+

@@ -1,0 +1,118 @@
+"""Tensor-parallel loading across spawned processes (torch.distributed, gloo on CPU), world sizes 2
+and 4, from a local file and from the HTTP object server: every rank's tensors equal slicing the
+full load, each rank decrypts about 1/world_size of the model, and "shared" mode decrypts once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # the torch extra; test_torch_api.py covers its absence
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+import sealtensors.torch as stt  # noqa: E402
+from sealtensors.engine.spec import CHUNK_SIZE  # noqa: E402
+
+from remote_servers import FaultyObjectServer, free_port  # noqa: E402
+
+KEY = bytes(range(32))
+DIMS = {"wq": 0, "wo": 1, "norm": None, "emb": 0, "odd": 0}
+
+
+def _model() -> dict:
+    gen = torch.Generator().manual_seed(7)
+    return {
+        "emb": torch.randn(512, 256, generator=gen),                      # 512 KiB, 32 chunks
+        "wq": torch.randn(256, 256, generator=gen).to(torch.bfloat16),    # 128 KiB
+        "wo": torch.randn(64, 130, generator=gen).to(torch.float16),      # split along dim 1
+        "norm": torch.randn(256, generator=gen),                          # replicated
+        "odd": torch.arange(1001 * 3, dtype=torch.int64).reshape(1001, 3),  # unequal slices
+    }
+
+
+def _worker(rank: int, world: int, port: int, loads: list, out_dir: str) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from sealtensors.distributed import load_sharded
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        report = {}
+        for label, source, dims, modes in loads:
+            for mode in modes:
+                stats: dict = {}
+                key = KEY if mode == "each" or rank == 0 else None  # shared: only the leader
+                part = load_sharded(source, key, dims=dims, mode=mode, stats=stats)
+                torch.save(part, os.path.join(out_dir, f"{label}-{mode}-{rank}.pt"))
+                report[f"{label}-{mode}"] = stats
+        with open(os.path.join(out_dir, f"stats-{rank}.json"), "w") as handle:
+            json.dump(report, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "model.sealed"
+    stt.save_file(_model(), path, KEY)
+    server = FaultyObjectServer()
+    url = server.put("model", path.read_bytes())
+    yield path, url
+    server.stop()
+
+
+def _expected(full: dict, name: str, dims, rank: int, world: int) -> torch.Tensor:
+    dim = dims.get(name) if isinstance(dims, dict) else dims
+    if dim is None or dim >= full[name].dim():
+        return full[name]
+    # numpy.array_split's rule: the first (length % world) ranks get one more element.
+    return full[name].narrow(dim, *_bounds(full[name].shape[dim], rank, world))
+
+
+def _bounds(length: int, rank: int, world: int) -> tuple[int, int]:
+    base, extra = divmod(length, world)
+    begin = rank * base + min(rank, extra)
+    return begin, base + (1 if rank < extra else 0)
+
+
+def _run(world: int, loads: list, tmp_path) -> list[dict]:
+    mp.spawn(_worker, args=(world, free_port(), loads, os.fspath(tmp_path)), nprocs=world,
+             join=True)
+    return [json.loads((tmp_path / f"stats-{rank}.json").read_text()) for rank in range(world)]
+
+
+@pytest.mark.engine_independent
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_ranks_load_their_slices_and_decrypt_about_one_over_world_size(sealed, world, tmp_path):
+    path, url = sealed
+    both = ("each", "shared")
+    loads = [("local", os.fspath(path), DIMS, both), ("http", url, DIMS, both),
+             ("rows", url, 0, ("each",))]
+    stats = _run(world, loads, tmp_path)
+    full = stt.load_file(path, KEY)
+    for label, _, dims, modes in loads:
+        for mode in modes:
+            for rank in range(world):
+                part = torch.load(tmp_path / f"{label}-{mode}-{rank}.pt")
+                assert list(part) == list(full)
+                for name in full:
+                    expected = _expected(full, name, dims, rank, world)
+                    assert part[name].dtype == expected.dtype, (label, mode, name)
+                    assert torch.equal(part[name], expected), (label, mode, rank, name)
+    total = sum(t.nbytes for t in full.values())
+    for label in ("local", "http"):
+        shared = [stats[rank][f"{label}-shared"] for rank in range(world)]
+        assert shared[0]["bytes_decrypted"] >= total
+        assert all(s["bytes_decrypted"] == 0 and s["bytes_received"] > 0 for s in shared[1:])
+    # Dimension-0 splits of every tensor: each rank decrypts its rows' chunks only.
+    rounding = 2 * CHUNK_SIZE * len(full)  # at most two partial chunks per tensor slice
+    decrypted = [stats[rank]["rows-each"]["bytes_decrypted"] for rank in range(world)]
+    for amount in decrypted:
+        assert total / world <= amount + rounding and amount <= total / world + rounding, decrypted
+    print(f"\nworld {world}: model {total} B, per-rank decrypted {decrypted} "
+          f"({[round(d / total, 3) for d in decrypted]} of the model)")
