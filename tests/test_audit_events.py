@@ -61,3 +61,39 @@ def test_cli_audit_verify(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main(["audit", "verify", str(log)]) == cli.EXIT_INTEGRITY
     assert "line" in capsys.readouterr().err
+
+
+@pytest.mark.engine_independent
+def test_policy_can_refuse_an_open_before_any_key_is_used(tmp_path, monkeypatch):
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv(audit.ENV_VAR, str(log))
+    path = tmp_path / "m.sealed"
+    save_file({"w": np.ones(10, np.float32)}, path, KEY)
+    seen = []
+
+    class Spy(sealtensors.keys.SymmetricKey):
+        def unwrap(self, record, file_id):
+            seen.append("unwrap")
+            return super().unwrap(record, file_id)
+
+    allowed = {sealtensors.inspect(path)["file_id"]}
+    sealtensors.set_policy(lambda request: request.file_id in allowed and request.path == str(path))
+    try:
+        assert np.array_equal(load_file(path, Spy(KEY))["w"], np.ones(10, np.float32))
+        allowed.clear()
+        seen.clear()
+        with pytest.raises(sealtensors.PolicyError):
+            load_file(path, Spy(KEY))
+        assert seen == []  # refused before any slot was unwrapped
+
+        def broken(request):
+            raise RuntimeError("licence server down")
+
+        sealtensors.set_policy(broken)
+        with pytest.raises(sealtensors.PolicyError, match="licence server down"):
+            load_file(path, KEY)
+    finally:
+        sealtensors.set_policy(None)
+    assert np.array_equal(load_file(path, KEY)["w"], np.ones(10, np.float32))
+    outcomes = [json.loads(line)["outcome"] for line in log.read_text().splitlines()]
+    assert outcomes.count("PolicyError") == 2
