@@ -48,7 +48,7 @@ __all__ = ["RemotePath", "RemoteObject", "RemoteSourceError", "ObjectChangedErro
            "bind", "resolve", "DEFAULT_CONCURRENCY", "DEFAULT_PART_BYTES"]
 
 DEFAULT_CONCURRENCY = 8
-DEFAULT_PART_BYTES = 256 * ENCRYPTED_CHUNK_SIZE  # 256 whole chunks, about 4 MiB
+DEFAULT_PART_BYTES = 1024 * ENCRYPTED_CHUNK_SIZE  # 1024 whole chunks, about 16 MiB
 DEFAULT_HEAD_BYTES = 256 * 1024
 DEFAULT_ATTEMPTS = 5
 _BACKOFF_FIRST = 0.05
