@@ -49,8 +49,6 @@ def _cpu() -> str:
 def _distributed_worker(rank, world, port, url, endpoint, mode, out):
     import torch.distributed as dist
 
-    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-    from remote_servers import MotoS3Server as _Server  # noqa: F401 - same helper, no server
     import s3fs
 
     from sealtensors.distributed import load_sharded
