@@ -20,6 +20,7 @@ from sealtensors.crypto import chunked
 from sealtensors.format import container
 from sealtensors.keys import slots as slot_types
 from sealtensors.keys.keyfile import as_identities, as_recipients
+from sealtensors.keys.slots import SlotRecord
 
 KEY = bytes(range(32))
 P = container.PREAMBLE_SIZE
@@ -155,4 +156,4 @@ def random_record(slot_type: int = slot_types.SYMMETRIC, body_length: int | None
     """A filler slot of ``slot_type`` with a random id and a random body (opens nothing)."""
     if body_length is None:
         body_length = slot_types.BODY_SIZES.get(slot_type, 40)
-    return slot_types.SlotRecord(slot_type, secrets.token_bytes(16), secrets.token_bytes(body_length))
+    return SlotRecord(slot_type, secrets.token_bytes(16), secrets.token_bytes(body_length))

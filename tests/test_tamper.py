@@ -5,11 +5,15 @@ region (every byte of the small files, a dense sample of the larger ones), trunc
 boundary and sampled offsets, appended bytes, swapped / duplicated / deleted data chunks, and splices
 of the index, a key slot or the data from another file sealed with the same key.
 
-The rule the library follows (``container.unlock``): once a key's slot is found, every later failure is
-an IntegrityError (a CommitmentError for a salt/commitment). An altered key id does not turn into
-WrongKeyError, because the key's commitment still matches the slot's wrapped key; so with a legitimate
-key no modification here may produce WrongKeyError. Preamble damage is a FormatError (bad magic,
-reserved bits) or an UnsupportedFormatError (version, suite).
+The rule the library follows (``container.unlock``, FORMAT.md section 9): once a key's slot is found,
+every later failure is an IntegrityError (a CommitmentError for a salt/commitment). An altered slot id
+does not turn into WrongKeyError, because the key's commitment still matches the slot's wrapped key.
+The one exception is the file id: every slot id and slot binding derives from it, so an altered file
+id leaves the key no slot it recognises (WrongKeyError, FORMAT.md 9 notes). Preamble damage is a
+FormatError (bad magic, reserved bits, active copy, capacity) or an UnsupportedFormatError (version,
+suite); a slot record's type, reserved byte or body length is a FormatError; padding after the MAC
+is a FormatError. The spare header copy is not read at all (FORMAT.md 5.1): flipping its bytes
+changes nothing the reader returns.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+import sealcraft
+from sealcraft import header_of, layout
 from sealtensors.crypto import chunked
 from sealtensors.format import container
 from sealtensors.errors import (
@@ -70,22 +76,38 @@ class Sealed:
     name: str
     blob: bytes
     keys: tuple
-    header_size: int
-    slot_count: int
+    where: sealcraft.Layout
     index_offset: int
     data_offset: int
     chunks: int
+
+    @property
+    def header_size(self) -> int:
+        return self.where.region_end
+
+    @property
+    def slot_count(self) -> int:
+        return len(self.where.header.slots)
+
+    @property
+    def copy_end(self) -> int:
+        return self.where.copy_start + self.where.header.capacity
+
+    def spare(self) -> range:
+        return range(self.where.spare_start, self.where.spare_start + self.where.header.capacity)
 
     def chunk_start(self, i: int) -> int:
         return self.data_offset + chunked.HEADER_SIZE + i * ECS
 
     def boundaries(self) -> list[int]:
-        marks = {0, 8, 10, 12, 16, 32, 40, 48, 52, 56, self.header_size - container.MAC_SIZE,
-                 self.header_size, self.index_offset + chunked.HEADER_SIZE, self.data_offset,
-                 self.data_offset + chunked.HEADER_SIZE, len(self.blob)}
-        for s in range(self.slot_count):
-            start = container.FIXED_HEADER_SIZE + s * container.SLOT_SIZE
-            marks.update({start, start + 16, start + 16 + chunked.HEADER_SIZE})
+        w = self.where
+        marks = {0, 8, 10, 12, 13, 16, 20, 32, w.table_start, w.mac_start, w.padding_start,
+                 w.spare_start, w.region_end, self.index_offset + chunked.HEADER_SIZE,
+                 self.data_offset, self.data_offset + chunked.HEADER_SIZE, len(self.blob)}
+        marks.update(w.copy_start + offset for offset in (16, 24, 32, 40, 48, 80, 84))
+        for start in w.record_starts():
+            marks.update({start, start + 1, start + 2, start + 4, start + 20,
+                          start + 20 + chunked.HEADER_SIZE})
         for i in range(self.chunks):
             start = self.chunk_start(i)
             marks.update({start, min(start + ECS, len(self.blob)) - chunked.TAG_SIZE})
@@ -96,25 +118,48 @@ class Sealed:
 def sealed(name: str) -> Sealed:
     data_bytes, keys = FILES[name]
     blob = save(_tensors(data_bytes), list(keys), {"name": name})
-    header = container.parse(blob)
-    data_plain = chunked.plaintext_length(header.data_length)
-    return Sealed(name, blob, keys, header.size, len(header.slots), header.index_offset,
-                  header.data_offset, chunked.chunk_count(data_plain))
+    where = layout(blob)
+    data_plain = chunked.plaintext_length(where.header.data_length)
+    return Sealed(name, blob, keys, where, where.header.index_offset, where.header.data_offset,
+                  chunked.chunk_count(data_plain))
+
+
+UNCHANGED = ()  # expected_errors for bytes the reader ignores
 
 
 def expected_errors(s: Sealed, position: int):
-    """(acceptable exception types, expected chunk_index or None) for a flip at ``position``."""
+    """(acceptable exception types, expected chunk_index or None) for a flip at ``position``;
+    ``UNCHANGED`` for the spare copy, whose bytes readers ignore."""
+    w = s.where
     if position < 8:
         return (FormatError,), None  # magic
     if position < 12:
         return (UnsupportedFormatError,), None  # version, suite
-    if position < 16:
-        return (FormatError,), None  # reserved
-    if position < container.FIXED_HEADER_SIZE:
-        # file id, lengths, slot count, reserved: refused by the parser or by the MAC
+    if position < 16 or 20 <= position < 32:
+        return (FormatError,), None  # active copy byte, reserved
+    if position < 20:
+        # capacity: not a multiple of 4096 (FormatError), or another valid capacity that moves the
+        # copy's end into the spare copy or the index (padding not zero, or the MAC)
         return (FormatError, IntegrityError), None
+    if position in s.spare():
+        return UNCHANGED, None
+    if w.copy_start <= position < w.copy_start + 16:
+        return (WrongKeyError,), None  # the file id: no slot is recognisable (FORMAT.md 9, notes)
+    if position < w.table_start:
+        # sequence, lengths, trailer fields, slot count, table length: refused by the parser or
+        # by the MAC
+        return (FormatError, IntegrityError), None
+    if position < w.mac_start:
+        offset = position - max(start for start in w.record_starts() if start <= position)
+        if offset < 4:
+            return (FormatError,), None  # type (unknown or wrong length), reserved, body length
+        return (IntegrityError,), None  # slot id, wrapped key
+    if position < w.padding_start:
+        return (IntegrityError,), None  # the MAC
+    if position < s.copy_end:
+        return (FormatError,), None  # padding after the MAC
     if position < s.data_offset + chunked.HEADER_SIZE:
-        return (IntegrityError,), None  # slots, MAC, index message, data salt/commitment
+        return (IntegrityError,), None  # index message, data salt/commitment
     return (IntegrityError,), (position - s.data_offset - chunked.HEADER_SIZE) // ECS
 
 
@@ -127,15 +172,32 @@ def attempt(blob, key):
     pytest.fail("a modified file loaded without error")
 
 
+@functools.lru_cache(maxsize=None)
+def _pristine(name: str, key_index: int) -> dict:
+    s = sealed(name)
+    return load(s.blob, s.keys[key_index])
+
+
 def check_flip(s: Sealed, position: int, key: bytes) -> None:
     tampered = bytearray(s.blob)
     tampered[position] ^= 1 << (position % 8)
-    exc = attempt(bytes(tampered), key)
     types, chunk_index = expected_errors(s, position)
     where = f"{s.name}: flip at {position}"
-    assert not isinstance(exc, WrongKeyError), where
+    if types == UNCHANGED:
+        loaded = load(bytes(tampered), key)
+        expected = _pristine(s.name, s.keys.index(key))
+        assert list(loaded) == list(expected), where
+        for name, array in expected.items():
+            assert np.array_equal(loaded[name], array), where
+        return
+    exc = attempt(bytes(tampered), key)
+    if WrongKeyError not in types:
+        assert not isinstance(exc, WrongKeyError), f"{where}: {exc!r}"
     assert isinstance(exc, types), f"{where}: {exc!r}"
-    if isinstance(exc, FormatError) and UnsupportedFormatError not in types:
+    # UnsupportedFormatError only for the version, the suite and a slot type byte (an unknown
+    # type, FORMAT.md 5.3); any other malformed byte is a plain FormatError.
+    if isinstance(exc, FormatError) and UnsupportedFormatError not in types \
+            and position not in s.where.record_starts():
         assert not isinstance(exc, UnsupportedFormatError), where
     if chunk_index is not None:
         assert type(exc) is IntegrityError and exc.chunk_index == chunk_index, f"{where}: {exc!r}"
@@ -155,9 +217,14 @@ def assert_caller_buffer_wiped(blob: bytes, key: bytes, chunk_index: int, where:
 
 
 def dense_sample(s: Sealed, stride: int, edge: int) -> list[int]:
-    """Every byte outside chunk bodies; in each body the first and last ``edge`` bytes and every
-    ``stride``-th byte; every tag byte."""
+    """Every byte outside chunk bodies, the padding after the MAC and the spare copy; of the
+    padding and the spare copy the first and last ``edge`` bytes and every ``stride``-th byte; in
+    each chunk body likewise; every tag byte."""
     positions = set(range(s.data_offset + chunked.HEADER_SIZE))
+    sparse = [range(s.where.padding_start, s.copy_end), s.spare()]
+    for region in sparse:
+        positions.difference_update(region)
+        positions.update(region[:edge], region[-edge:], region[::stride])
     for i in range(s.chunks):
         start = s.chunk_start(i)
         end = min(start + ECS, len(s.blob))
@@ -186,8 +253,13 @@ def test_pristine_files_load():
 @pytest.mark.parametrize("name, key_index",
                          [p for p in _recipient_params() if p.values[0] in SMALL])
 def test_flip_every_byte_small_files(name, key_index):
+    """Every byte of the preamble, the active copy up to its MAC, the messages and tags; of the
+    copy's zero padding and the spare copy (about 24 KiB of a small file, each byte checked by
+    test_flip_every_byte_of_every_file) the edges and every 61st byte."""
     s = sealed(name)
-    for position in range(len(s.blob)):
+    positions = dense_sample(s, 61, 64)
+    assert set(range(s.where.padding_start)) <= set(positions)
+    for position in positions:
         check_flip(s, position, s.keys[key_index])
 
 
@@ -202,9 +274,8 @@ def test_flip_dense_sample_large_files(name, stride, edge):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, key_index",
-                         [p for p in _recipient_params() if p.values[0] not in SMALL])
-def test_flip_every_byte_large_files(name, key_index):
+@pytest.mark.parametrize("name, key_index", _recipient_params())
+def test_flip_every_byte_of_every_file(name, key_index):
     s = sealed(name)
     for position in range(len(s.blob)):
         check_flip(s, position, s.keys[key_index])
@@ -290,8 +361,7 @@ def test_deleted_chunks(name):
 
 
 def _data_key(s: Sealed, key: bytes) -> bytes:
-    header = container.parse(s.blob)
-    return container.unlock(header, s.blob[:s.header_size], [key])
+    return sealcraft.data_key_of(s.blob, key)
 
 
 @pytest.mark.parametrize("name", ["three-chunks", "twenty-chunks"])
@@ -300,7 +370,6 @@ def test_deleted_chunk_with_a_consistent_header(name):
     reorder or cut chunks: each chunk's nonce fixes its position and the final chunk ends the data."""
     s = sealed(name)
     data_key = _data_key(s, KEY_A)
-    header = container.parse(s.blob)
     chunks = _chunks(s)
     variants = {
         "drop-first": chunks[1:],
@@ -315,9 +384,8 @@ def test_deleted_chunk_with_a_consistent_header(name):
             chunked.plaintext_length(len(data))
         except IntegrityError:
             continue  # no header can even claim this length
-        new_header = container.build(header.file_id, header.index_length, len(data),
-                                     list(header.slots), data_key)
-        blob = new_header + s.blob[s.index_offset:s.data_offset] + data
+        blob = sealcraft.rebuild(s.blob[:s.data_offset] + data, data_key=data_key,
+                                 data_len=len(data))
         exc = attempt(blob, KEY_A)
         # The index no longer fits the claimed data length (FormatError) or the chunks fail.
         assert isinstance(exc, (IntegrityError, FormatError)), f"{what}: {exc!r}"
@@ -342,44 +410,64 @@ def test_splices_from_another_file(name, key_index):
         "data": (s.data_offset, len(s.blob)),
         "data-header": (s.data_offset, s.data_offset + chunked.HEADER_SIZE),
         "first-chunk": (s.chunk_start(0), min(s.chunk_start(0) + ECS, len(s.blob))),
-        "mac": (s.header_size - container.MAC_SIZE, s.header_size),
+        "mac": (s.where.mac_start, s.where.padding_start),
         "header": (0, s.header_size),
-        "header-without-mac": (0, s.header_size - container.MAC_SIZE),
-        "file-id": (16, 32),
+        "active-copy": (s.where.copy_start, s.copy_end),
+        "copy-without-mac": (s.where.copy_start, s.where.mac_start),
         "index-and-data": (s.index_offset, len(s.blob)),
     }
-    for slot in range(s.slot_count):
-        start = container.FIXED_HEADER_SIZE + slot * container.SLOT_SIZE
-        regions[f"slot{slot}"] = (start, start + container.SLOT_SIZE)
-        regions[f"slot{slot}-wrapped"] = (start + 16, start + container.SLOT_SIZE)
+    for slot, start in enumerate(s.where.record_starts()):
+        end = start + 20 + len(s.where.header.slots[slot].body)
+        regions[f"slot{slot}"] = (start, end)
+        regions[f"slot{slot}-id"] = (start + 4, start + 20)
+        regions[f"slot{slot}-wrapped"] = (start + 20, end)
     for what, (begin, end) in regions.items():
+        assert s.blob[begin:end] != t.blob[begin:end], what
         blob = s.blob[:begin] + t.blob[begin:end] + s.blob[end:]
         exc = attempt(blob, key)
+        if what == f"slot{key_index}":
+            # The key's own slot replaced by its slot in the other file: another slot id and
+            # another file's binding, so the key recognises no slot (FORMAT.md 9 step 10).
+            assert type(exc) is WrongKeyError, f"{name}: {what}: {exc!r}"
+            continue
         assert type(exc) in (IntegrityError, CommitmentError), f"{name}: {what}: {exc!r}"
+    # The other file's file id: no slot of this file is recognisable any more (FORMAT.md 9 notes).
+    file_id = (s.where.copy_start, s.where.copy_start + 16)
+    blob = s.blob[:file_id[0]] + t.blob[file_id[0]:file_id[1]] + s.blob[file_id[1]:]
+    assert type(attempt(blob, key)) is WrongKeyError
+    # The other file's spare copy (zeros, like ours) changes nothing; its whole header region
+    # with our messages is refused.
+    spare = s.spare()
+    loaded = load(s.blob[:spare.start] + t.blob[spare.start:spare.stop] + s.blob[spare.stop:], key)
+    assert list(loaded) == list(_pristine(name, key_index))
 
 
 def test_slot_transplanted_between_files_with_the_mac_recomputed():
     """A slot copied from another file does not open this one, even under a recomputed MAC: the
     slot's context binds the file id."""
     s, t = sealed("two-recipients"), _twin("two-recipients")
-    data_key = _data_key(s, KEY_A)
-    header, other = container.parse(s.blob), container.parse(t.blob)
-    slots = [header.slots[0], other.slots[1]]
-    blob = container.build(header.file_id, header.index_length, header.data_length, slots,
-                           data_key) + s.blob[s.header_size:]
+    header, other = header_of(s.blob), header_of(t.blob)
+    slots = (header.slots[0], other.slots[1])
+    blob = sealcraft.rebuild(s.blob, KEY_A, records=slots)
     load(blob, KEY_A)  # the untouched slot still works
+    # KEY_B's slot of the other file has that file's slot id and binding: nothing here is KEY_B's.
     exc = attempt(blob, KEY_B)
+    assert type(exc) is WrongKeyError
+    # Given the right slot id for this file, it is recognised and refused as altered.
+    moved = sealcraft.SlotRecord(other.slots[1].slot_type, header.slots[1].slot_id,
+                                 other.slots[1].body)
+    exc = attempt(sealcraft.rebuild(s.blob, KEY_A, records=(header.slots[0], moved)), KEY_B)
     assert type(exc) is IntegrityError and "slot" in str(exc)
 
 
-def test_key_id_altered_is_integrity_not_wrong_key():
+def test_slot_id_altered_is_integrity_not_wrong_key():
     s = sealed("one-chunk")
-    start = container.FIXED_HEADER_SIZE
+    start = s.where.table_start + 4
     for offset in (0, 7, 15):
         tampered = bytearray(s.blob)
         tampered[start + offset] ^= 0x40
         exc = attempt(bytes(tampered), KEY_A)
-        assert type(exc) is IntegrityError and "key id" in str(exc)
+        assert type(exc) is IntegrityError and "slot id" in str(exc)
         # A key that never had a slot still gets WrongKeyError.
         with pytest.raises(WrongKeyError):
             load(bytes(tampered), bytes(32))
@@ -406,8 +494,10 @@ def test_tampered_files_on_disk(tmp_path):
     """The file path (mmap + fd) reports the same as bytes, for a sample of modifications."""
     s = sealed("three-chunks")
     path = tmp_path / "model.sealed"
-    for position in (3, 9, 20, 60, s.header_size - 1, s.index_offset + 60, s.data_offset + 3,
-                     s.chunk_start(0) + 100, s.chunk_start(2) + 1, len(s.blob) - 1):
+    for position in (3, 9, 12, 20, 60, s.where.table_start + 1, s.where.mac_start,
+                     s.where.padding_start + 3, s.copy_end - 1, s.index_offset + 60,
+                     s.data_offset + 3, s.chunk_start(0) + 100, s.chunk_start(2) + 1,
+                     len(s.blob) - 1):
         tampered = bytearray(s.blob)
         tampered[position] ^= 0x10
         path.write_bytes(bytes(tampered))
@@ -415,6 +505,11 @@ def test_tampered_files_on_disk(tmp_path):
             load_file(path, KEY_A)
         types, _ = expected_errors(s, position)
         assert isinstance(info.value, types)
+    for position in (s.where.spare_start, s.where.spare_start + 1000, s.header_size - 1):
+        tampered = bytearray(s.blob)
+        tampered[position] ^= 0x10
+        path.write_bytes(bytes(tampered))
+        assert load_file(path, KEY_A).keys() == _pristine("three-chunks", 0).keys()
     for length in (0, 10, 100, s.data_offset, len(s.blob) - 1):
         path.write_bytes(s.blob[:length])
         with pytest.raises(SealError):
@@ -425,10 +520,12 @@ def test_tampered_files_on_disk(tmp_path):
 
 
 def test_mac_covers_the_whole_header():
-    """The MAC is HMAC-SHA-256 under a key derived from the DEK over every header byte before it."""
+    """The MAC is HMAC-SHA-256 under a key derived from the DEK (HKDF-Expand-SHA-512, label
+    "sealtensors/v2/header-mac") over the preamble and every active-copy byte before it."""
     s = sealed("two-recipients")
     data_key = _data_key(s, KEY_B)
-    mac_key = container.mac_key(data_key)
-    body = s.blob[:s.header_size - container.MAC_SIZE]
-    assert hmac.new(mac_key, body, hashlib.sha256).digest() == \
-        s.blob[s.header_size - container.MAC_SIZE:s.header_size]
+    first_block = hmac.new(data_key, b"sealtensors/v2/header-mac\x01", hashlib.sha512).digest()
+    assert container.mac_key(data_key) == first_block[:32]
+    body = s.blob[:s.where.mac_start]
+    assert hmac.new(first_block[:32], body, hashlib.sha256).digest() == \
+        s.blob[s.where.mac_start:s.where.padding_start]
