@@ -72,7 +72,7 @@ def test_existing_destination_is_kept_without_overwrite(name, tmp_path):
     destination.write_bytes(PLACEHOLDER)
     before = os.stat(destination)
     with pytest.raises(DestinationExistsError) as caught:
-        write(destination)
+        write(destination, overwrite=False)  # save_file replaces by default, as safetensors does
     assert isinstance(caught.value, FileExistsError)
     assert destination.read_bytes() == PLACEHOLDER
     assert os.stat(destination).st_ino == before.st_ino

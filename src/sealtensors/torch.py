@@ -2,13 +2,16 @@
 
 torch is optional: importing this module without torch installed raises ImportError. Tensors are
 loaded as views into one plaintext buffer (no second copy): host memory for ``device="cpu"``,
-device memory for ``device="cuda:N"`` (uploaded through a pinned staging ring).
+device memory for ``device="cuda:N"`` (uploaded through a pinned staging ring). ``save_model`` /
+``load_model`` handle tied (shared) weights as safetensors does. Where safetensors and sealtensors
+differ, tests/test_safetensors_parity.py says so and why.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections import defaultdict
 from typing import Mapping
 
 import numpy as np
@@ -16,11 +19,13 @@ import torch
 
 from .engine import memory as _memory
 from .io.atomic import atomic_output
+from .format.dtypes import logical_shape, storage_shape
 from .format.index import TensorIndex, layout
 from .reader import SealedReader
+from .safe_open import check_backend, open_reader
 from .writer import write_sealed
 
-__all__ = ["save", "save_file", "load", "load_file", "load_shard"]
+__all__ = ["save", "save_file", "load", "load_file", "load_shard", "save_model", "load_model"]
 
 _TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -40,13 +45,16 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
-if hasattr(torch, "float8_e8m0fnu"):
-    _TORCH_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+# Newer torch dtypes, where this torch has them (as safetensors does).
+for _name, _attribute in (("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
+                          ("F8_E8M0", "float8_e8m0fnu"), ("F4", "float4_e2m1fn_x2")):
+    if hasattr(torch, _attribute):
+        _TORCH_DTYPES[_name] = getattr(torch, _attribute)
 _NAME_OF_TORCH = {dtype: name for name, dtype in _TORCH_DTYPES.items()}
 
 
 def check_device(device) -> torch.device:
-    """Accept "cpu" and "cuda[:N]" (when CUDA is available); ValueError otherwise."""
+    """Accept "cpu", "cuda[:N]" and a CUDA index N (when CUDA is available); ValueError otherwise."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -67,9 +75,10 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype {name} has no torch equivalent") from None
 
 
-def numpy_to_torch(array: np.ndarray, dtype_name: str, device: str = "cpu") -> torch.Tensor:
+def numpy_to_torch(array: np.ndarray, dtype_name: str, device="cpu") -> torch.Tensor:
     """A torch tensor sharing ``array``'s memory where possible (a copy for non-contiguous input);
-    moved to ``device`` when it is not the CPU."""
+    moved to ``device`` when it is not the CPU. ``array`` holds stored elements (F4: packed bytes,
+    which become torch.float4_e2m1fn_x2 of the same shape)."""
     target = check_device(device)
     array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
     shape = array.shape
@@ -83,6 +92,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
+    if tensor.element_size() == 1 and tensor.dtype not in (torch.uint8, torch.int8, torch.bool):
+        tensor = tensor.view(torch.uint8)  # float8/float4 kernels lack the copies below
     # Lazy conjugate / negative views must be materialised before their bytes are read.
     tensor = tensor.resolve_conj().resolve_neg().contiguous()
     if tensor.numel() == 0:
@@ -90,22 +101,87 @@ def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
     return tensor.reshape(-1).view(torch.uint8).numpy()
 
 
-def _plan(tensors: Mapping[str, torch.Tensor], metadata) -> tuple[TensorIndex, list[np.ndarray]]:
+def _byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """[first byte, last byte + 1) of the memory a (non-negatively strided) tensor touches."""
+    start = tensor.data_ptr()
+    if tensor.numel() == 0:
+        return start, start
+    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    return start, start + (last + 1) * tensor.element_size()
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    """(address, byte length) of the storage behind ``tensor``; (0, 0) when it has none (meta)."""
+    if tensor.device.type == "meta":
+        return 0, 0
+    try:
+        storage = tensor.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError):
+        return 0, 0
+
+
+def shared_groups(tensors: Mapping[str, torch.Tensor]) -> list[set[str]]:
+    """Groups of two or more names whose tensors overlap in memory (tied weights, views of one
+    another). Views of one storage that do not overlap are not shared, as in safetensors."""
+    by_storage = defaultdict(list)
+    for name, tensor in tensors.items():
+        address, nbytes = _storage(tensor)
+        if address and nbytes:
+            by_storage[(tensor.device, address)].append((*_byte_span(tensor), name))
+    groups = []
+    for spans in by_storage.values():
+        spans.sort()
+        current, end = None, None
+        for begin, stop, name in spans:
+            if current is not None and begin < end:
+                current.add(name)
+                end = max(end, stop)
+            else:
+                current, end = {name}, stop
+                groups.append(current)
+    return sorted((group for group in groups if len(group) > 1), key=sorted)
+
+
+def _check_tensors(tensors) -> None:
+    """The checks safetensors' save makes, with its exception types: ValueError for a non-dict,
+    non-tensors and sparse or non-contiguous tensors, RuntimeError for tensors sharing memory."""
     if not isinstance(tensors, Mapping):
-        raise TypeError("tensors must be a mapping of names to torch tensors")
-    entries, sources = [], {}
+        raise ValueError(f"expected a dict of [str, torch.Tensor], not {type(tensors).__name__}")
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name!r} is not a torch.Tensor")
+            raise ValueError(f"{name!r} is invalid: expected torch.Tensor, not "
+                             f"{type(tensor).__name__}")
         if tensor.layout != torch.strided or tensor.is_nested:
-            raise ValueError(f"{name!r}: only dense (strided) tensors can be saved")
+            raise ValueError(f"{name!r}: only dense (strided) tensors can be saved; make it dense "
+                             "with .to_dense() first")
         if tensor.device.type == "meta":
             raise ValueError(f"{name!r}: a meta tensor has no data to save")
+    shared = shared_groups(tensors)
+    if shared:
+        raise RuntimeError(f"some tensors share memory, which would store them twice and load "
+                           f"them as separate tensors: {[sorted(group) for group in shared]}. "
+                           "Save a module with sealtensors.torch.save_model (it keeps one copy of "
+                           "tied weights), or pass .clone()s")
+    for name, tensor in tensors.items():
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name!r} is not contiguous: call .contiguous() on it before saving "
+                             "(or save a module with save_model, which does)")
+
+
+def _plan(tensors: Mapping[str, torch.Tensor], metadata) -> tuple[TensorIndex, list[np.ndarray]]:
+    _check_tensors(tensors)
+    entries, sources = [], {}
+    for name, tensor in tensors.items():
         try:
             dtype_name = _NAME_OF_TORCH[tensor.dtype]
         except KeyError:
             raise ValueError(f"{name!r}: dtype {tensor.dtype} cannot be stored") from None
-        entries.append((name, dtype_name, tuple(tensor.shape)))
+        try:
+            shape = logical_shape(dtype_name, tuple(tensor.shape))
+        except ValueError as exc:
+            raise ValueError(f"{name!r}: {exc}") from None
+        entries.append((name, dtype_name, shape))
         sources[name] = tensor
     index = layout(entries, metadata)
     return index, [_tensor_bytes(sources[info.name]) for info in index.tensors]
@@ -122,9 +198,14 @@ def save(tensors: Mapping[str, torch.Tensor], key, metadata: Mapping[str, str] |
 
 
 def save_file(tensors: Mapping[str, torch.Tensor], filename: str | os.PathLike, key,
-              metadata: Mapping[str, str] | None = None, *, overwrite: bool = False,
+              metadata: Mapping[str, str] | None = None, *, overwrite: bool = True,
               signer=None, generation: int | None = None) -> None:
-    """Seal ``tensors`` to ``filename`` atomically; refuses to replace a file unless ``overwrite``."""
+    """Seal ``tensors`` to ``filename`` atomically (a temporary file renamed in place: a crash
+    leaves the old file or the new one). An existing file is replaced, as safetensors does;
+    ``overwrite=False`` refuses instead (DestinationExistsError).
+
+    Tensors must be dense and contiguous and must not share memory (ValueError / RuntimeError, as
+    in safetensors); use :func:`save_model` for a module with tied weights."""
     index, raw = _plan(tensors, metadata)
     with atomic_output(filename, overwrite=overwrite) as out:
         write_sealed(out, index, ((piece,) for piece in raw), key, signer=signer, generation=generation)
@@ -142,7 +223,8 @@ def _views(buffer, reader: SealedReader) -> dict[str, torch.Tensor]:
         raw = buffer[info.begin:info.end]
         if isinstance(raw, np.ndarray):
             raw = torch.from_numpy(raw) if info.nbytes else torch.empty(0, dtype=torch.uint8)
-        result[info.name] = raw.view(torch_dtype(info.dtype)).reshape(info.shape)
+        result[info.name] = raw.view(torch_dtype(info.dtype)).reshape(
+            storage_shape(info.dtype, info.shape))
     return result
 
 
@@ -175,10 +257,14 @@ def load(data: bytes, key, device: str = "cpu", **verification) -> dict[str, tor
         return _load_all(reader, device, pin_memory=False)
 
 
-def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
+def load_file(filename, key, device="cpu", *, backend: str = "pread",
               pin_memory: bool = False, staging_slots: int = 4,
               staging_bytes: int = 16 << 20, **verification) -> dict[str, torch.Tensor]:
     """Decrypt and authenticate a sealed file; returns {name: tensor}, all views of one buffer.
+
+    ``filename``: a path or an open binary file object (see :func:`sealtensors.safe_open`).
+    ``backend`` ("mmap" or "pread") is accepted for safetensors compatibility; sealed files are
+    always read with pread.
 
     ``device="cpu"``: ``pin_memory=True`` gives page-locked memory (torch's pinned allocator when
     CUDA is available, otherwise mlock, with a PinningWarning when the memlock limit refuses).
@@ -186,7 +272,8 @@ def load_file(filename: str | os.PathLike, key, device: str = "cpu", *,
     of ``staging_bytes`` each; decryption of one span overlaps the upload of the previous ones, and
     host memory in use is the ring, not the model. Nothing is returned unless every chunk
     authenticated."""
-    with SealedReader.open(filename, key, **verification) as reader:
+    check_backend(backend)
+    with open_reader(filename, key, **verification) as reader:
         return _load_all(reader, device, pin_memory, staging_slots, staging_bytes)
 
 
@@ -228,3 +315,80 @@ def load_shard(filename: str | os.PathLike, key, *, rank: int, world_size: int,
                 tensor = piece[(slice(None),) * dim + (slice(begin, end),)]
             result[name] = tensor if torch.device(device).type == "cpu" else tensor.to(device)
     return result
+
+
+def _names_to_drop(state: Mapping[str, torch.Tensor], preferred=()) -> dict[str, list[str]]:
+    """For each group of tensors sharing memory: the name to keep -> the names to drop.
+
+    The kept name is one whose tensor covers its whole storage (so nothing is lost), preferring
+    names in ``preferred`` (what a file holds), then the alphabetically first. RuntimeError when
+    no name of a group covers the whole storage (saving would store more than the tensors)."""
+    preferred = set(preferred)
+    drops = {}
+    for group in shared_groups(state):
+        complete = sorted(name for name in group
+                          if state[name].data_ptr() == _storage(state[name])[0]
+                          and state[name].numel() * state[name].element_size()
+                          == _storage(state[name])[1])
+        if not complete:
+            raise RuntimeError(f"tensors {sorted(group)} share memory but none of them covers all "
+                               "of it: refusing to save a partial view of a larger storage")
+        keep = next((name for name in complete if name in preferred), complete[0])
+        drops[keep] = sorted(group - {keep})
+    return drops
+
+
+def save_model(model: "torch.nn.Module", filename: str | os.PathLike, key,
+               metadata: Mapping[str, str] | None = None, force_contiguous: bool = True, *,
+               overwrite: bool = True, signer=None, generation: int | None = None) -> None:
+    """Seal a module's ``state_dict()`` to ``filename``, keeping one copy of tied weights.
+
+    As ``safetensors.torch.save_model``: of each group of tensors sharing memory, one name is
+    stored and each dropped name is recorded in the metadata as ``{dropped: kept}`` (unless the
+    caller's metadata already uses that key); ``force_contiguous`` makes every tensor contiguous
+    first. ``load_model`` restores the ties."""
+    state = model.state_dict()
+    extra = dict(metadata) if metadata is not None else None
+    for kept, dropped in _names_to_drop(state).items():
+        for name in dropped:
+            extra = {} if extra is None else extra
+            extra.setdefault(name, kept)
+            del state[name]
+    if force_contiguous:
+        state = {name: tensor.contiguous() for name, tensor in state.items()}
+    try:
+        save_file(state, filename, key, extra, overwrite=overwrite, signer=signer,
+                  generation=generation)
+    except ValueError as exc:
+        if "contiguous" not in str(exc):
+            raise
+        raise ValueError(f"{exc} Or use save_model(..., force_contiguous=True).") from None
+
+
+def load_model(model: "torch.nn.Module", filename, key, strict: bool = True, device="cpu",
+               **options) -> tuple[list[str], list[str]]:
+    """Load a sealed file into ``model`` (in place); returns ``(missing, unexpected)`` names.
+
+    As ``safetensors.torch.load_model``: names the model ties to a stored tensor are neither missing
+    nor unexpected; with ``strict`` (the default) any missing or unexpected name is a RuntimeError
+    and nothing more is reported. ``options`` go to :func:`load_file` (backend, pin_memory,
+    signer, ...)."""
+    state = load_file(filename, key, device, **options)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = set(missing), list(unexpected)
+    for dropped in _names_to_drop(model.state_dict(), preferred=state.keys()).values():
+        for name in dropped:
+            if name in missing:
+                missing.remove(name)
+            else:
+                unexpected.append(name)
+    missing = sorted(missing)
+    if strict and (missing or unexpected):
+        message = f"Error(s) in loading state_dict for {type(model).__name__}:"
+        if missing:
+            message += "\n    Missing key(s) in state_dict: " + ", ".join(f'"{n}"' for n in missing)
+        if unexpected:
+            message += ("\n    Unexpected key(s) in state_dict: "
+                        + ", ".join(f'"{n}"' for n in sorted(unexpected)))
+        raise RuntimeError(message)
+    return missing, unexpected

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from . import strict_json
-from .dtypes import item_size
+from .dtypes import item_size, storage_shape
 from ..errors import FormatError
 
 ALIGNMENT = 64
@@ -58,7 +58,7 @@ def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
     represent: the product of its non-zero dimensions times the item size must fit in 2**63-1."""
     count = 1
     extent = 1
-    for dim in shape:
+    for dim in storage_shape(dtype, shape):  # F4 packs two values per byte: its last dim halves
         count *= dim
         extent *= max(dim, 1)
     size = item_size(dtype)
