@@ -3,9 +3,13 @@
 Usage: python fuzz/make_corpus.py [OUTDIR]   (default fuzz/corpus)
 
 Creates OUTDIR/load/*.sealed (whole sealed files, sealed for the fixed keys in KEYS, which the
-harness knows) and OUTDIR/index/*.json (index plaintexts, for the index-parser target). Randomness
-(data keys, file ids, salts) comes from a seeded generator so the corpus is reproducible; that is
-for fuzzing only, never for real files.
+harness knows), OUTDIR/index/*.json (index plaintexts, for the index-parser target), and seeds for
+the key parsers: OUTDIR/textcodec (a text key of every tag), OUTDIR/slots (slot tables of every
+type, from real files and crafted), OUTDIR/trailer (a real signature trailer), OUTDIR/pin (pin
+files), OUTDIR/identity (identity and key files of every form), and OUTDIR/parsers (all of those,
+each behind the byte that selects its parser in the ``parsers`` target). Randomness (data keys,
+file ids, salts) comes from a seeded generator so the corpus is reproducible; that is for fuzzing
+only, never for real files.
 """
 
 from __future__ import annotations
@@ -49,23 +53,89 @@ def main(argv: list[str]) -> int:
     from sealtensors.format import container
     from sealtensors.reader import SealedReader
 
-    (out / "load").mkdir(parents=True, exist_ok=True)
-    (out / "index").mkdir(parents=True, exist_ok=True)
+    from sealtensors.crypto import chunked
+    from sealtensors.keys.keyfile import as_identities
+
+    for target in ("load", "index", "parsers") + PARSERS:
+        (out / target).mkdir(parents=True, exist_ok=True)
+    tables = {}
     for name, (tensors, metadata, keys) in samples().items():
         blob = stnp.save(tensors, list(keys), metadata=metadata)
         (out / "load" / f"{name}.sealed").write_bytes(blob)
         with SealedReader.from_bytes(blob, list(keys)) as reader:
             header = reader.header
-            count = container.parse_fixed(blob[:container.FIXED_HEADER_SIZE])[5]
-            data_key = container.unlock(header, blob[:container.header_size(count)], list(keys))
-        from sealtensors.crypto import chunked
+        data_key = container.unlock(header, as_identities(list(keys))).data_key
         index = chunked.decrypt(data_key, blob[header.index_offset:header.data_offset],
                                 container.index_context(header.file_id))
         data_len = chunked.plaintext_length(header.data_length)
         # index target input: 4-byte little-endian data length, then the index plaintext
         (out / "index" / f"{name}.json").write_bytes(data_len.to_bytes(4, "little") + index)
+        tables[name] = header.slots
+    signed = stnp.save({"w": np.arange(9000, dtype=np.float32)}, list(KEYS[:1]),
+                       signer=_signing_key(), generation=5)
+    (out / "load" / "signed.sealed").write_bytes(signed)
+    for target, seeds in parser_seeds(tables, signed).items():
+        for name, seed in seeds.items():
+            (out / target / name).write_bytes(seed)
+            selector = bytes([PARSERS.index(target)])
+            (out / "parsers" / f"{target}-{name}").write_bytes(selector + seed)
     print(f"corpus written to {out}")
     return 0
+
+
+# The key-parser targets of fuzz/sealed_fuzzer.py, in the order its ``parsers`` target selects them.
+PARSERS = ("textcodec", "slots", "trailer", "pin", "identity")
+
+
+def _signing_key():
+    from sealtensors.keys.signing import SigningKey
+
+    return SigningKey(bytes(range(64)))  # corpus only
+
+
+def parser_seeds(tables: dict, signed: bytes) -> dict[str, dict[str, bytes]]:
+    import json
+    import struct
+
+    from sealtensors.format import container
+    from sealtensors.keys import generate_identity, identity_text, textcodec
+    from sealtensors.keys.keyfile import format_key
+    from sealtensors.keys.passphrase import Passphrase
+    from sealtensors.keys.slots import PROVIDER, SlotRecord
+
+    seeds: dict[str, dict[str, bytes]] = {target: {} for target in PARSERS}
+    for tag, size in textcodec.ALL_TAGS.items():
+        seeds["textcodec"][f"{tag}.txt"] = \
+            textcodec.encode(tag, bytes(i % 251 for i in range(size))).encode() + b"\n"
+    identities = {kind: generate_identity(kind) for kind in ("symmetric", "x25519", "xwing")}
+    records = []
+    for name, slots in tables.items():
+        records += slots
+        seeds["slots"][f"{name}.table"] = struct.pack("<H", len(slots)) + \
+            b"".join(r.to_bytes() for r in slots)
+    data_key, file_id = bytes(32), bytes(16)
+    typed = [identities["x25519"].recipient().wrap(data_key, file_id),
+             identities["xwing"].recipient().wrap(data_key, file_id),
+             Passphrase("fuzz", log2_n=15).wrap(data_key, file_id),
+             SlotRecord(PROVIDER, bytes(range(16)), b"\x03kms" + bytes(40))]
+    for record in typed:
+        seeds["slots"][f"type-{record.slot_type}.table"] = b"\x01\x00" + record.to_bytes()
+    mixed = [tables["two-recipients"][0]] + typed
+    seeds["slots"]["mixed.table"] = struct.pack("<H", len(mixed)) + \
+        b"".join(r.to_bytes() for r in mixed)
+    header = container.parse(signed[:32], signed[32:32 + int.from_bytes(signed[16:20], "little")])
+    seeds["trailer"]["signed.trailer"] = signed[header.trailer_offset:]
+    verifying = _signing_key().verifying_key.text()
+    seeds["pin"]["full.pin"] = json.dumps({"signers": [verifying], "min_generation": 5,
+                                           "file_id": header.file_id.hex()}).encode()
+    seeds["pin"]["signers-only.pin"] = json.dumps({"signers": [verifying]}).encode()
+    for kind, identity in identities.items():
+        seeds["identity"][f"{kind}.key"] = identity_text(identity).encode()
+    seeds["identity"]["raw.key"] = KEYS[0]
+    seeds["identity"]["legacy.key"] = f"sealtensors-key-v1:{KEYS[1].hex()}\n".encode()
+    seeds["identity"]["plain.key"] = format_key(KEYS[1]).encode()
+    seeds["identity"]["signing.key"] = (_signing_key().text() + "\n").encode()
+    return seeds
 
 
 if __name__ == "__main__":

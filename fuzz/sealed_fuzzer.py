@@ -1,4 +1,4 @@
-"""Fuzz the sealed-file reader: the header/index parser and ``sealtensors.numpy.load``.
+"""Fuzz the sealed-file reader (header and index parsers, ``sealtensors.numpy.load``) and the key parsers.
 
 Targets (first argument):
 
@@ -11,6 +11,16 @@ Targets (first argument):
            to ``index.parse`` directly, then into a fully authenticated file (encrypted under a
            known data key with the right contexts) that is loaded with ``numpy.load`` and
            ``SealedReader.read_range``; whatever parses must load, with every tensor's shape.
+``textcodec``  a text key (``keys.textcodec.decode``); whatever decodes must re-encode to the same
+           text, stripped.
+``slots``  a 2-byte little-endian slot count, then a slot table (``keys.slots.parse_records``);
+           whatever parses must serialize back to the same table.
+``trailer``  a signature trailer (``format.trailer.parse``); whatever parses must have a whole
+           digest table and a statement that re-serializes to its bytes.
+``pin``    a pin file (``keys.pins.read_pin_file``, through a temporary file).
+``identity``  an identity or key file's content (the parser behind ``keys.load_identity``).
+``parsers``  the five above in one target (first byte: which one), so that one run of
+           scripts/fuzz.sh covers them all.
 
 Oracle: only :class:`sealtensors.SealError` subclasses escape; anything else (ValueError,
 TypeError, MemoryError, OverflowError, RecursionError, a crash) is a finding. Hangs are caught by
@@ -20,6 +30,7 @@ With atheris (``pip install atheris``)::
 
     python fuzz/sealed_fuzzer.py load  fuzz/corpus/load  -max_total_time=600 -timeout=10
     python fuzz/sealed_fuzzer.py index fuzz/corpus/index -max_total_time=600 -timeout=10
+    python fuzz/sealed_fuzzer.py slots fuzz/corpus/slots -max_total_time=600 -timeout=10
 
 Without atheris the same targets run under a built-in random mutator for a bounded time::
 
@@ -52,6 +63,10 @@ if atheris is not None:
         from sealtensors import numpy as stnp
         from sealtensors.format.index import parse as parse_index
         from sealtensors.reader import SealedReader
+        from sealtensors.format import trailer
+        from sealtensors.keys import keyfile, slots, textcodec
+        from sealtensors.keys.pins import read_pin_file
+        from sealtensors.keys.symmetric import SymmetricKey
 else:
     from sealtensors import SealError
     from sealtensors.crypto import chunked
@@ -59,6 +74,10 @@ else:
     from sealtensors import numpy as stnp
     from sealtensors.format.index import parse as parse_index
     from sealtensors.reader import SealedReader
+    from sealtensors.format import trailer
+    from sealtensors.keys import keyfile, slots, textcodec
+    from sealtensors.keys.pins import read_pin_file
+    from sealtensors.keys.symmetric import SymmetricKey
 
 KEYS = [bytes(range(32)), bytes(range(32, 64))]  # must match fuzz/make_corpus.py
 FIXED_DATA_KEY = bytes(range(64, 96))
@@ -86,27 +105,24 @@ def _load(blob: bytes) -> None:
 def _reauthenticated(blob: bytes) -> bytes | None:
     """The mutated file with its header MAC recomputed, when a slot still yields the data key."""
     try:
-        count = container.parse_fixed(blob[:container.FIXED_HEADER_SIZE])[5]
-        header_bytes = blob[:container.header_size(count)]
-        header = container.parse(header_bytes)
+        preamble = blob[:container.PREAMBLE_SIZE]
+        _version, _suite, active, capacity = container.parse_preamble(preamble)
+        start = container.copy_offset(active, capacity)
+        header = container.parse(preamble, blob[start:start + capacity])
+        # unwrap a slot directly: container.unlock would also check the (mutated) MAC
         data_key = None
         for key in KEYS:
-            wanted = container.key_id(key)
-            for slot in header.slots:
-                if slot.key_id == wanted:
-                    data_key = chunked.decrypt(key, slot.wrapped_key,
-                                               container.SLOT_CONTEXT + header.file_id)
-                    break
-            if data_key is not None:
-                break
+            for record in header.slots:
+                data_key = data_key or SymmetricKey(key).unwrap(record, header.file_id)
     except SealError as exc:
         _forget(exc)
         return None
     if data_key is None:
         return None
-    body = header_bytes[:header.size - container.MAC_SIZE]
+    body = container.authenticated_bytes(header)
     mac = hmac.new(container.mac_key(data_key), body, hashlib.sha256).digest()
-    return body + mac + blob[header.size:]
+    mac_at = start + len(body) - container.PREAMBLE_SIZE
+    return blob[:mac_at] + mac + blob[mac_at + container.MAC_SIZE:]
 
 
 def target_load(data: bytes) -> None:
@@ -122,10 +138,10 @@ def _craft(index_plaintext: bytes, data_length: int) -> bytes:
                                     container.index_context(FIXED_FILE_ID))
     data_message = chunked.encrypt(FIXED_DATA_KEY, bytes(data_length),
                                    container.data_context(FIXED_FILE_ID, index_plaintext))
-    slot = container.wrap_key(KEYS[0], FIXED_DATA_KEY, FIXED_FILE_ID)
-    header = container.build(FIXED_FILE_ID, len(index_message), len(data_message), [slot],
-                             FIXED_DATA_KEY)
-    return header + index_message + data_message
+    slot = SymmetricKey(KEYS[0]).wrap(FIXED_DATA_KEY, FIXED_FILE_ID)
+    header = container.new_header(FIXED_FILE_ID, len(index_message), len(data_message), 0,
+                                  container.EMPTY_TRAILER_DIGEST, [slot])
+    return container.header_region(header, FIXED_DATA_KEY) + index_message + data_message
 
 
 def target_index(data: bytes) -> None:
@@ -154,7 +170,83 @@ def target_index(data: bytes) -> None:
             assert reader.read_range(info.begin, info.end).nbytes == info.nbytes
 
 
-TARGETS = {"load": target_load, "index": target_index}
+def target_textcodec(data: bytes) -> None:
+    text = bytes(data[:1 << 16]).decode("utf-8", "replace")
+    try:
+        tag, payload = textcodec.decode(text)
+    except SealError as exc:
+        _forget(exc)
+        return
+    assert textcodec.encode(tag, payload) == text.strip(), "a non-canonical text key decoded"
+
+
+def target_slots(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    count = struct.unpack_from("<H", data)[0] % 1100
+    table = bytes(data[2:MAX_INPUT])
+    try:
+        records = slots.parse_records(table, count)
+    except SealError as exc:
+        _forget(exc)
+        return
+    assert len(records) == count and b"".join(r.to_bytes() for r in records) == table
+    assert len({r.slot_id for r in records}) == count
+
+
+def target_trailer(data: bytes) -> None:
+    raw = bytes(data[:MAX_INPUT])
+    try:
+        parsed = trailer.parse(raw)
+    except SealError as exc:
+        _forget(exc)
+        return
+    assert parsed.statement.to_bytes() == raw[:trailer.STATEMENT_SIZE]
+    assert len(parsed.digests) % trailer.DIGEST_SIZE == 0
+    assert parsed.statement.generation <= trailer.MAX_GENERATION
+
+
+_PIN_PATH = None
+
+
+def target_pin(data: bytes) -> None:
+    global _PIN_PATH
+    if _PIN_PATH is None:
+        import tempfile
+
+        handle, name = tempfile.mkstemp(suffix=".pin")
+        os.close(handle)
+        _PIN_PATH = Path(name)
+    _PIN_PATH.write_bytes(bytes(data[:(1 << 20) + 2]))
+    try:
+        options = read_pin_file(_PIN_PATH)
+    except SealError as exc:
+        _forget(exc)
+        return
+    assert options["signer"] and set(options) <= {"signer", "min_generation", "expect_file_id"}
+
+
+def target_identity(data: bytes) -> None:
+    try:
+        identity = keyfile._parse_identity(bytes(data[:1 << 17]), "<fuzz input>")
+    except SealError as exc:
+        _forget(exc)
+        return
+    # never key material in the public description
+    assert "SECRET" not in identity.describe() and "SECRET" not in repr(identity)
+
+
+_PARSERS = (target_textcodec, target_slots, target_trailer, target_pin, target_identity)
+
+
+def target_parsers(data: bytes) -> None:
+    if data:
+        _PARSERS[data[0] % len(_PARSERS)](data[1:])
+
+
+TARGETS = {"load": target_load, "index": target_index, "textcodec": target_textcodec,
+           "slots": target_slots, "trailer": target_trailer, "pin": target_pin,
+           "identity": target_identity, "parsers": target_parsers}
 
 
 # --- fallback: a bounded random mutator, for machines without atheris ---------------------------

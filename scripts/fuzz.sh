@@ -2,7 +2,8 @@
 # Build and run the fuzzers for a bounded time; fails on any finding.
 #
 #   scripts/fuzz.sh [seconds]        total budget, default 60 (CI): split between
-#                                    the C engine (libFuzzer, ASan+UBSan) and the two Python targets
+#                                    the C engine (libFuzzer, ASan+UBSan) and the three Python
+#                                    targets (load, index, parsers: the five key parsers)
 #
 # A long run (e.g. overnight, 8 hours per target, several workers each):
 #   FUZZ_WORKERS=8 scripts/fuzz.sh 86400
@@ -34,7 +35,7 @@ fi
 CC=${CC:-clang}
 out=fuzz/out
 mkdir -p "$out" fuzz/corpus/engine
-c_time=$(( total * 2 / 5 )); py_time=$(( (total - c_time) / 2 ))
+c_time=$(( total * 2 / 5 )); py_time=$(( (total - c_time) / 3 ))
 [ "$c_time" -ge 1 ] || c_time=1; [ "$py_time" -ge 1 ] || py_time=1
 findings=0
 broken=()
@@ -120,7 +121,7 @@ fi
 
 # --- the Python reader -----------------------------------------------------------------------------
 python_ok=1
-if [ ! -d fuzz/corpus/load ] && ! "$PYTHON" fuzz/make_corpus.py fuzz/corpus; then
+if [ ! -d fuzz/corpus/parsers ] && ! "$PYTHON" fuzz/make_corpus.py fuzz/corpus; then
     echo "fuzz.sh: TARGET FAILED TO START: fuzz/make_corpus.py failed under $PYTHON" >&2
     broken+=("sealed_fuzzer (corpus)")
     python_ok=0
@@ -128,7 +129,7 @@ fi
 if [ "$python_ok" -eq 0 ]; then
     :
 elif "$PYTHON" -c "import atheris" 2>/dev/null; then
-    for target in load index; do
+    for target in load index parsers; do
         echo "== sealed_fuzzer $target (${py_time}s)"
         run_target "sealed_fuzzer $target" "$out/work-$target" "$PYTHON" "$root/fuzz/sealed_fuzzer.py" \
             "$target" "$root/fuzz/corpus/$target" "${seed_opt[@]}" -max_total_time="$py_time" \
@@ -137,7 +138,7 @@ elif "$PYTHON" -c "import atheris" 2>/dev/null; then
     done
 else
     echo "fuzz.sh: atheris not installed; using the built-in mutator (one process per target)" >&2
-    for target in load index; do
+    for target in load index parsers; do
         echo "== sealed_fuzzer $target, fallback mutator (${py_time}s)"
         run_target "sealed_fuzzer $target (fallback)" "$out/work-$target" "$PYTHON" "$root/fuzz/sealed_fuzzer.py" \
             "$target" "$root/fuzz/corpus/$target" --fallback --seconds "$py_time"

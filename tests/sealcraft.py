@@ -33,7 +33,8 @@ def table_bytes(records) -> bytes:
 
 
 def mac_over(data_key: bytes, preamble: bytes, fixed_and_table: bytes) -> bytes:
-    return hmac.new(container.mac_key(data_key), preamble + fixed_and_table, hashlib.sha256).digest()
+    return hmac.new(container.mac_key(data_key), preamble + fixed_and_table,
+                    hashlib.sha256).digest()
 
 
 def assemble(*, data_key: bytes, file_id: bytes, index_len: int, data_len: int, records=(),
@@ -44,15 +45,16 @@ def assemble(*, data_key: bytes, file_id: bytes, index_len: int, data_len: int, 
              mac: bytes | None = None, padding: bytes = b"", spare: bytes | None = None,
              magic: bytes = container.MAGIC) -> bytes:
     """A whole header region (preamble, copy 0, copy 1) from explicit values. The MAC covers what is
-    stored, computed under ``data_key`` (FORMAT.md 5.5) unless ``mac`` is given. ``table`` overrides
-    the records' bytes, ``count`` / ``table_length`` the stored counts; ``padding`` replaces the first
-    bytes after the MAC; ``spare`` fills the other copy (default zeros)."""
+    stored, computed under ``data_key`` (FORMAT.md 5.5) unless ``mac`` is given. ``table``
+    overrides the records' bytes, ``count`` / ``table_length`` the stored counts; ``padding``
+    replaces the first bytes after the MAC; ``spare`` fills the other copy (default zeros)."""
     table = table_bytes(records) if table is None else table
     count = len(records) if count is None else count
     table_length = len(table) if table_length is None else table_length
     if capacity is None:
         capacity = container.capacity_for(len(table))
-    preamble = container.PREAMBLE.pack(magic, version, suite, active, reserved0, capacity, reserved1)
+    preamble = container.PREAMBLE.pack(magic, version, suite, active, reserved0, capacity,
+                                       reserved1)
     fixed = container.COPY_FIXED.pack(file_id, sequence, index_len, data_len, trailer_len,
                                       trailer_digest, count, table_length)
     body = fixed + table

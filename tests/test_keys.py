@@ -266,7 +266,7 @@ def test_as_keys(tmp_path):
             as_keys(bad)
 
 
-# --- key material never shows up in messages --------------------------------------------------------
+# --- key material never shows up in messages ---------------------------------------------------
 
 
 SECRET = bytes(range(200, 232))

@@ -34,7 +34,8 @@ def passphrase_body(log2_n=15, r=8, p=1, reserved=0) -> bytes:
     return struct.pack("<BBBB16s", log2_n, r, p, reserved, bytes(16)) + bytes(104)
 
 
-def provider_body(name: bytes = b"kms", payload: bytes = b"\x01", length: int | None = None) -> bytes:
+def provider_body(name: bytes = b"kms", payload: bytes = b"\x01",
+                  length: int | None = None) -> bytes:
     return bytes([len(name) if length is None else length]) + name + payload
 
 

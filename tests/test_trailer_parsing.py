@@ -1,6 +1,7 @@
-"""The signature trailer parser (format/trailer.py) and pin files (keys/pins.py) on crafted input:
-impossible lengths, a bad label, a malformed verifying key, a generation out of range; pin files with
-unknown fields, bad types, bad file ids, no signers. Then the same through signed files."""
+"""The signature trailer parser (format/trailer.py) and pin files (keys/pins.py) on crafted input.
+
+Trailers: impossible lengths, a bad label, a malformed verifying key, a generation out of range,
+directly and through signed files. Pin files: unknown fields, bad types, bad file ids, no signers."""
 
 from __future__ import annotations
 
