@@ -35,7 +35,10 @@ while True:
     sealtensors.rewrap(path, a, remove=[b])
 """
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics")
+# The writers run in child processes on the default engine, whatever the fixture selects: once is
+# enough.
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics"),
+              pytest.mark.engine_independent]
 
 
 def _start(script: str, *args: str) -> subprocess.Popen:
