@@ -155,6 +155,89 @@ def seal_torch(ctx: Context):
     return run, lambda r: bench_model.check(r, ctx.manifest["model"]), ctx.manifest["model"]["nbytes"]
 
 
+def seal_numpy_hugepages(mode: str):
+    """load_file with SEALTENSORS_HUGEPAGES=mode."""
+    def make(ctx: Context):
+        os.environ["SEALTENSORS_HUGEPAGES"] = mode
+        return seal_numpy()(ctx)
+
+    return make
+
+
+def seal_numpy_lazy(ctx: Context):
+    """load_file with the destination memory of before the fresh-VM work: MADV_HUGEPAGE over the
+    whole mapping and nothing populated, so the decrypting threads take the page faults."""
+    from sealtensors.engine import memory as _memory
+
+    _memory._populate = lambda address, length, mode: _memory._libc.madvise(
+        address, length, _memory._MADV_HUGEPAGE)
+    return seal_numpy()(ctx)
+
+
+def seal_numpy_pooled(ctx: Context):
+    """The second load of the same file in one process with the buffer pool on: the first load's
+    buffer (dropped in setup) is wiped, pooled and reused, so no page is faulted."""
+    import gc
+
+    import sealtensors.numpy
+
+    os.environ["SEALTENSORS_POOL_BYTES"] = str(4 << 30)
+    run, verify, nbytes = seal_numpy()(ctx)
+    first = run()
+    verify(first)
+    del first
+    gc.collect()
+    return run, verify, nbytes
+
+
+def safetensors_torch(ctx: Context):
+    import safetensors.torch
+
+    path = ctx.path("plain.safetensors")
+
+    def run():
+        return safetensors.torch.load_file(path)
+
+    return run, lambda r: bench_model.check(r, ctx.manifest["model"]), ctx.manifest["model"]["nbytes"]
+
+
+# -- first touch of fresh memory: what a page fault costs on this machine ------------------------
+
+def first_touch(how: str):
+    """Map a model-sized buffer and fault every page in, in a fresh process; ``how``:
+    ``touch_4k`` / ``touch_thp``: write every byte from one thread (memset) without / with
+    MADV_HUGEPAGE, the write-fault path decrypting threads take; ``populate_never`` /
+    ``populate_always`` / ``populate_auto``: ``_memory.allocate`` under that SEALTENSORS_HUGEPAGES.
+    ``nbytes`` is the model's size, so GB/s compares with the loads."""
+    def make(ctx: Context):
+        import ctypes
+
+        from sealtensors.engine import memory as _memory
+
+        nbytes = ctx.manifest["model"]["nbytes"]
+        if how.startswith("populate_"):
+            os.environ["SEALTENSORS_HUGEPAGES"] = how.split("_", 1)[1]
+
+            def run():
+                return _memory.allocate(nbytes)
+        else:
+            advice = _memory._MADV_HUGEPAGE if how == "touch_thp" else _memory._MADV_NOHUGEPAGE
+            _memory._populate = lambda address, length, mode: _memory._libc.madvise(
+                address, length, advice)
+
+            def run():
+                buffer = _memory.allocate(nbytes)
+                ctypes.memset(buffer.ctypes.data, 1, nbytes)
+                return buffer
+
+        def verify(result):
+            assert len(result) == nbytes and result[::1 << 20].all() == (how.startswith("touch"))
+
+        return run, verify, nbytes
+
+    return make
+
+
 def safetensors_numpy(ctx: Context):
     import safetensors.numpy
 
@@ -226,7 +309,26 @@ CASES = {case.name: case for case in [
          seal_numpy("ipsecmb", 1)),
     Case("seal_numpy_openssl_1t", "load", "sealtensors.numpy.load_file, OpenSSL, 1 thread",
          seal_numpy("openssl", 1)),
+    Case("seal_numpy_never", "load", "sealtensors.numpy.load_file, SEALTENSORS_HUGEPAGES=never",
+         seal_numpy_hugepages("never")),
+    Case("seal_numpy_always", "load", "sealtensors.numpy.load_file, SEALTENSORS_HUGEPAGES=always",
+         seal_numpy_hugepages("always")),
+    Case("seal_numpy_lazy", "load",
+         "sealtensors.numpy.load_file, old memory (MADV_HUGEPAGE, faults in the decrypt threads)",
+         seal_numpy_lazy),
+    Case("seal_numpy_pooled", "load", "sealtensors.numpy.load_file, 2nd load, SEALTENSORS_POOL_BYTES",
+         seal_numpy_pooled),
     Case("seal_torch", "load", "sealtensors.torch.load_file, all threads", seal_torch),
+    Case("safetensors_torch", "load", "safetensors.torch.load_file (unencrypted)", safetensors_torch),
+    Case("touch_4k", "load", "first touch: memset of fresh memory, 4 KiB pages", first_touch("touch_4k")),
+    Case("touch_thp", "load", "first touch: memset of fresh memory, MADV_HUGEPAGE",
+         first_touch("touch_thp")),
+    Case("populate_never", "load", "first touch: _memory.allocate, HUGEPAGES=never",
+         first_touch("populate_never")),
+    Case("populate_always", "load", "first touch: _memory.allocate, HUGEPAGES=always",
+         first_touch("populate_always")),
+    Case("populate_auto", "load", "first touch: _memory.allocate, HUGEPAGES=auto",
+         first_touch("populate_auto")),
     Case("safetensors_numpy", "load", "safetensors.numpy.load_file (unencrypted)",
          safetensors_numpy),
     Case("hand_written", "load", "hand-written cryptography AESGCM, 4 MiB chunks, thread pool",

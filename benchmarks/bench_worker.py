@@ -6,7 +6,9 @@
 Timing: a ``load`` case is timed once (the process's first load: fresh memory, like a server
 starting); a ``steady`` case runs once as warm-up, then K times (default 3), and the median counts.
 The result is verified after timing; a wrong result exits non-zero. ``cpu_seconds`` (user+sys of all threads)
-next to ``seconds`` shows how many cores the run actually got.
+next to ``seconds`` shows how many cores the run actually got; ``user_seconds``, ``sys_seconds``,
+``minflt`` and ``majflt`` (getrusage of all threads) split it and count the page faults, and
+``loadavg`` is the 1-minute load when the run ended.
 
 ``--rss``: peak resident memory of the load. The baseline is the RSS after the imports and the case's
 setup, where the peak is reset (``/proc/self/clear_refs``); the peak is VmHWM after the load. The
@@ -90,6 +92,24 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _usage() -> tuple[float, float, int, int]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime, usage.ru_minflt, usage.ru_majflt
+
+
+def _usage_delta(before: tuple) -> dict:
+    """User and system CPU seconds and page faults (minor, major) of all threads since ``before``:
+    system time and faults barely depend on how busy the machine is, unlike wall time."""
+    after = _usage()
+    return {"user_seconds": after[0] - before[0], "sys_seconds": after[1] - before[1],
+            "minflt": after[2] - before[2], "majflt": after[3] - before[3]}
+
+
+def _loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("directory")
@@ -112,22 +132,29 @@ def main(argv=None) -> int:
         record["rss_baseline"] = before
     elif case.kind == "steady":
         result = run()
-        times, cpus = [], []
+        times, cpus, usages = [], [], []
         for _ in range(args.inner):
             cpu = _cpu_seconds()
+            usage = _usage()
             start = time.perf_counter()
             result = run()
             times.append(time.perf_counter() - start)
             cpus.append(_cpu_seconds() - cpu)
+            usages.append(_usage_delta(usage))
         record["seconds"] = statistics.median(times)
         record["cpu_seconds"] = statistics.median(cpus)
+        for field in usages[0]:
+            record[field] = statistics.median(u[field] for u in usages)
         record["inner"] = times
     else:
         cpu = _cpu_seconds()
+        usage = _usage()
         start = time.perf_counter()
         result = run()
         record["seconds"] = time.perf_counter() - start
         record["cpu_seconds"] = _cpu_seconds() - cpu
+        record.update(_usage_delta(usage))
+    record["loadavg"] = _loadavg()
     verify(result)
     print(json.dumps(record))
     return 0
