@@ -469,10 +469,30 @@ DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
     "C64": np.dtype("<c8"), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    # F4 (§8.3): two float4 values per byte; returned as the raw bytes, last dimension halved.
+    "F4": np.dtype("u1"),
 }
 ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "U32": 4, "I32": 4, "U64": 8,
               "I64": 8, "F16": 2, "BF16": 2, "F32": 4, "F64": 8, "C64": 8, "F8_E4M3": 1,
-              "F8_E5M2": 1, "F8_E8M0": 1}
+              "F8_E5M2": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1}
+HALF_BYTE_DTYPES = {"F4"}  # §8.3: item size 1/2, shape counts values, last dimension even
+
+
+def storage_bytes(dtype: str, shape) -> int:
+    """§8.3/§8.4: the byte length of a tensor (F4: half a byte per value)."""
+    if dtype in HALF_BYTE_DTYPES:
+        if not shape or shape[-1] % 2:
+            raise IndFormatError("F4 needs a last dimension that is even")
+        count = 1
+        for d in shape:
+            count *= d
+        return count // 2
+    count = ITEM_SIZES[dtype]
+    for d in shape:
+        count *= d
+    return count
 
 
 def align_up(x: int) -> int:
@@ -531,22 +551,22 @@ def parse_index(plain: bytes, data_plain_len: int):
                 or name == "__metadata__" or name in names):
             raise IndFormatError(f"name {name!r}")
         names.add(name)
-        if dtype not in ITEM_SIZES:
+        if dtype not in ITEM_SIZES and dtype not in HALF_BYTE_DTYPES:
             raise IndFormatError(f"dtype {dtype!r}")
         if (not isinstance(shape, list) or len(shape) > MAX_RANK
                 or any(type(d) is not int or not 0 <= d < 2**63 for d in shape)):
             raise IndFormatError("shape")
-        nonzero = ITEM_SIZES[dtype]
+        nonzero = 1 if dtype in HALF_BYTE_DTYPES else ITEM_SIZES[dtype]
         for d in shape:
             nonzero *= d or 1
+        if dtype in HALF_BYTE_DTYPES:
+            nonzero //= 2
         if nonzero > 2**63 - 1:
             raise IndFormatError("shape too large")
         if not isinstance(offsets, list) or len(offsets) != 2 or any(type(v) is not int
                                                                      for v in offsets):
             raise IndFormatError("offsets")
-        nbytes = ITEM_SIZES[dtype]
-        for d in shape:
-            nbytes *= d
+        nbytes = storage_bytes(dtype, shape)
         begin, end = offsets
         if begin != align_up(position) or end != begin + nbytes or end > data_plain_len:
             raise IndFormatError(f"tiling at {name!r}")
@@ -787,7 +807,8 @@ def read_sealed(blob: bytes, identities: list, *, signers: list[bytes] | None = 
         if dtype == "BOOL" and any(b > 1 for b in data[begin:end]):
             raise IndFormatError("BOOL byte other than 0 or 1")
         count = (end - begin) // DTYPES[dtype].itemsize
-        tensors[name] = np.frombuffer(data, DTYPES[dtype], count=count, offset=begin).reshape(shape)
+        stored = tuple(shape[:-1]) + (shape[-1] // 2,) if dtype in HALF_BYTE_DTYPES else shape
+        tensors[name] = np.frombuffer(data, DTYPES[dtype], count=count, offset=begin).reshape(stored)
     if any(data[i] for i in range(len(data)) if not covered[i]):
         raise IndFormatError("non-zero padding between tensors")
     return Opened(tensors, metadata, dek, file_id, h["active"], h["capacity"], h["sequence"],
@@ -1037,6 +1058,8 @@ def _tensor_cases():
             "e4m3": rng.standard_normal(5).astype(ml_dtypes.float8_e4m3fn),
             "e5m2": rng.standard_normal(5).astype(ml_dtypes.float8_e5m2),
             "e8m0": np.array([0.25, 1.0, 8.0], dtype=ml_dtypes.float8_e8m0fnu),
+            "e4m3fnuz": rng.standard_normal(5).astype(ml_dtypes.float8_e4m3fnuz),
+            "e5m2fnuz": rng.standard_normal(5).astype(ml_dtypes.float8_e5m2fnuz),
             "c64": (rng.standard_normal(3) + 1j * rng.standard_normal(3)).astype(np.complex64),
             "bool": rng.integers(0, 2, 11).astype(bool),
             "u8": rng.integers(0, 256, 13, dtype=np.uint8),
@@ -1906,3 +1929,22 @@ def test_in_place_rewrap_by_sealtensors(keys, tmp_path):
     for kind in ("symmetric", "xwing"):
         _assert_same_arrays(st_numpy.load(ours, keys.st_identity(kind)), tensors)
         assert read_sealed(ours, [keys.ind_identity(kind)]).sequence == 3
+
+
+def test_half_byte_f4_tensors_agree(keys):
+    """§8.3 F4: a torch float4_e2m1fn_x2 tensor sealed by sealtensors is read by the independent
+    reader as its raw bytes with the value-counting shape; an odd last dimension is refused."""
+    torch = pytest.importorskip("torch")
+    import sealtensors.torch as st_torch
+
+    packed = torch.arange(12, dtype=torch.uint8).reshape(2, 6).view(torch.float4_e2m1fn_x2)
+    blob = st_torch.save({"q": packed, "s": torch.ones(3)}, keys.sym)
+    opened = read_sealed(blob, [SymIdentity(keys.sym)])
+    (name, dtype, shape, begin, end), _ = opened.entries[0], None
+    assert (name, dtype, shape, end - begin) == ("q", "F4", (2, 12), 12)
+    assert opened.tensors["q"].tobytes() == bytes(range(12))
+    back = st_torch.load(blob, keys.sym)["q"]
+    assert back.view(torch.uint8).flatten().tolist() == list(range(12))
+    odd = [("q", "F4", (2, 3), 0, 3)]
+    with pytest.raises(IndFormatError):
+        parse_index(serialize_index(odd, None), 3)
