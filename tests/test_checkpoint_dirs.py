@@ -280,3 +280,28 @@ def test_cli_several_files_at_once(tmp_path, capsys):
     code, report = _run(capsys, "seal", tmp_path / "plain" / SHARD_1, tmp_path / "plain" / SHARD_2,
                         tmp_path / "missing-dir", "-k", key_file)
     assert code == cli.EXIT_USAGE
+
+
+def test_manifest_version_must_be_the_integer_one_and_shards_not_links(tmp_path):
+    """A manifest version of 1.0 or true is not version 1; a listed shard that is a symbolic
+    link (possibly to a file outside the directory) is refused."""
+    import json as _json
+
+    from sealtensors import IntegrityError, UnsupportedFormatError
+    from sealtensors.checkpoint import Manifest
+
+    good = {"sealtensors_checkpoint": 1, "shards": {"model.safetensors": {
+        "file_id": "0" * 32, "index_sha512": "0" * 128, "data_header_sha512": "0" * 128}},
+        "indexes": {}, "files": {}}
+    Manifest.from_json(_json.dumps(good), "0" * 32)
+    for version in (1.0, True, "1"):
+        with pytest.raises(UnsupportedFormatError):
+            Manifest.from_json(_json.dumps({**good, "sealtensors_checkpoint": version}), "0" * 32)
+    manifest = Manifest.from_json(_json.dumps(good), "0" * 32)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    elsewhere.write_bytes(b"x")
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "model.safetensors").symlink_to(elsewhere)
+    with pytest.raises(IntegrityError, match="symbolic link"):
+        manifest.check_directory(directory)

@@ -67,14 +67,15 @@ def is_sealed_checkpoint(directory: str | os.PathLike) -> bool:
 
 
 def _relative_files(directory: Path) -> list[str]:
-    """Every regular file under ``directory`` (symlinks to files followed), as sorted relative
-    POSIX paths."""
+    """Every entry under ``directory`` that is a file or a symbolic link, as sorted relative POSIX
+    paths. Links are listed (not followed) so that the manifest check can refuse them: a link could
+    point a shard name at a file outside the sealed directory."""
     found = []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         for name in files:
             full = Path(root) / name
-            if full.is_file():
+            if full.is_symlink() or full.is_file():
                 found.append(full.relative_to(directory).as_posix())
     return sorted(found)
 
@@ -166,7 +167,9 @@ class Manifest:
                                                       "indexes", "files"}:
             raise FormatError("checkpoint manifest: expected exactly the keys "
                               "sealtensors_checkpoint, shards, indexes, files")
-        if doc["sealtensors_checkpoint"] != MANIFEST_VERSION:
+        version = doc["sealtensors_checkpoint"]
+        # The version is the JSON integer 1: 1.0 or true compare equal in Python but are not it.
+        if type(version) is not int or version != MANIFEST_VERSION:
             from .errors import UnsupportedFormatError
 
             raise UnsupportedFormatError(f"checkpoint manifest version "
@@ -212,6 +215,11 @@ class Manifest:
         directory = Path(directory)
         present = set(_relative_files(directory))
         missing = sorted(set(self.shards) - present)
+        linked = sorted(name for name in set(self.shards) | set(self.files)
+                        if name in present and (directory / name).is_symlink())
+        if linked:
+            raise IntegrityError(f"{directory}: listed file(s) are symbolic links, not the sealed "
+                                 f"files themselves: {', '.join(linked)}")
         if missing:
             raise IntegrityError(f"{directory}: shard(s) missing from the sealed checkpoint: "
                                  f"{', '.join(missing)}")
