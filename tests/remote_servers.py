@@ -7,17 +7,12 @@ import hashlib
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from service_process import ServiceProcess, free_port  # noqa: F401 - re-exported for tests
 
 
 class FaultyObjectServer:
@@ -175,22 +170,9 @@ class MotoS3Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("moto server exited: "
-                                   + self.process.stderr.read().decode(errors="replace")[-2000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("moto server did not listen within 30 s")
-                time.sleep(0.05)
+        self._service = ServiceProcess(
+            "moto server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                            str(self.port)], self.port, env=env)
 
     def filesystem(self, **options):
         """A fresh s3fs filesystem on this server (not fsspec's shared instance cache)."""
@@ -211,11 +193,4 @@ class MotoS3Server:
                                          VersioningConfiguration={"Status": "Enabled"})
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stderr.close()
+        self._service.stop()

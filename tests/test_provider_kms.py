@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
+from service_process import ServiceProcess, free_port
 
 from sealtensors.errors import FormatError, KeyProviderError
 from sealtensors.keys import audit
@@ -27,44 +25,18 @@ OTHER_BINDING = BINDING_LABEL + bytes(16)
 SECRET_ACCESS_KEY = "moto-test-secret-do-not-print"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class MotoServer:
     """``python -m moto.server`` on a free loopback port, as a child process."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("moto server exited: "
-                                   + self.process.stderr.read().decode(errors="replace")[-2000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("moto server did not listen within 30 s")
-                time.sleep(0.05)
+        self._service = ServiceProcess(
+            "moto server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                            str(self.port)], self.port)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stderr.close()
+        self._service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import time
 
 import pytest
+from service_process import ServiceProcess
 
 from sealtensors.errors import FormatError, KeyProviderError
 from sealtensors.keys.provider import BINDING_LABEL, provider_class
@@ -50,25 +49,11 @@ class SoftwareTpm:
             pytest.fail("swtpm is not installed: apt-get install swtpm swtpm-tools (.ci/run does)")
         self.port = _free_port_pair()
         self.tcti = f"swtpm:host=127.0.0.1,port={self.port}"
-        self.process = subprocess.Popen(
-            [binary, "socket", "--tpm2", "--tpmstate", f"dir={state_dir}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("swtpm exited: "
-                                   + self.process.stderr.read().decode(errors="replace")[-2000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("swtpm did not listen within 20 s")
-                time.sleep(0.05)
+        self._service = ServiceProcess(
+            "swtpm", [binary, "socket", "--tpm2", "--tpmstate", f"dir={state_dir}",
+                      "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                      "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+                      "--flags", "not-need-init,startup-clear"], self.port, timeout=20)
 
     def extend_pcr(self, index: int) -> None:
         with tpm2_pytss.ESAPI(self.tcti) as esys:
@@ -77,14 +62,7 @@ class SoftwareTpm:
             esys.pcr_extend(getattr(ESYS_TR, f"PCR{index}"), digests)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stderr.close()
+        self._service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -217,13 +217,14 @@ def parse_recipient(text: str) -> Recipient:
     return PublicKeyRecipient(X25519 if tag == "st-x25519" else XWING, payload)
 
 
-def read_recipients_file(path) -> list[Recipient]:
-    """Recipients listed one public string per line ('#' comments and blank lines ignored)."""
+def read_key_list(path, what: str, parse, *, limit: int = 16 << 20) -> list:
+    """Entries of a text file listing public keys one per line ('#' comments and blank lines
+    ignored), each turned into an object by ``parse``; errors name the file and line."""
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read(16 << 20)
+            text = handle.read(limit)
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidKeyError(f"cannot read recipients file {_describe_argument(os.fspath(path))}: "
+        raise InvalidKeyError(f"cannot read {what} {_describe_argument(os.fspath(path))}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     result = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -231,12 +232,17 @@ def read_recipients_file(path) -> list[Recipient]:
         if not line:
             continue
         try:
-            result.append(parse_recipient(line))
+            result.append(parse(line))
         except InvalidKeyError as exc:
             raise InvalidKeyError(f"{os.fspath(path)}:{number}: {exc}") from None
     if not result:
-        raise InvalidKeyError(f"recipients file {os.fspath(path)!r} lists no recipient")
+        raise InvalidKeyError(f"{what} {os.fspath(path)!r} lists nothing")
     return result
+
+
+def read_recipients_file(path) -> list[Recipient]:
+    """Recipients listed one public string per line ('#' comments and blank lines ignored)."""
+    return read_key_list(path, "recipients file", parse_recipient)
 
 
 def as_recipients(recipients) -> list[Recipient]:

@@ -134,21 +134,6 @@ def as_verifying_keys(signer) -> list[VerifyingKey]:
 
 def read_trust_file(path) -> list[VerifyingKey]:
     """Accepted signers, one ``st-sign:`` string per line; blank lines and '#' comments ignored."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read(1 << 20)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidKeyError(f"cannot read trust file {os.fspath(path)!r}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
-    keys = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            keys.append(VerifyingKey.parse(line))
-        except InvalidKeyError as exc:
-            raise InvalidKeyError(f"{os.fspath(path)}:{number}: {exc}") from None
-    if not keys:
-        raise InvalidKeyError(f"trust file {os.fspath(path)!r} lists no signer")
-    return keys
+    from .keyfile import read_key_list
+
+    return read_key_list(path, "trust file", VerifyingKey.parse, limit=1 << 20)
