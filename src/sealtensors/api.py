@@ -24,7 +24,7 @@ from .keys.keyfile import as_identities, as_recipients, load_identity, parse_rec
 from .keys.pins import verification_options
 from .keys.slots import SLOT_ID_SIZE, Identity, Recipient
 from .numpy import tensor_view
-from .reader import SealedReader, _Source
+from .reader import SealedReader, _Source, read_active_header
 from .writer import write_sealed
 
 ProgressCallback = Callable[[int], None]
@@ -300,18 +300,8 @@ def inspect(path: str | os.PathLike, key=None, *, fs=None, **verification) -> di
     key's; with ``signer=``, the signature is verified too."""
     source = _Source.from_path(path, fs)
     try:
-        # An in-place rewrap in another process may flip the active copy between our reads: a
-        # failure with a changed preamble is retried (the reader's own rule, FORMAT.md section 9).
-        for attempt in range(5):
-            preamble = source.read(0, container.PREAMBLE_SIZE)
-            _version, _suite, active, capacity = container.parse_preamble(preamble)
-            copy = source.read(container.copy_offset(active, capacity), capacity)
-            try:
-                header = container.parse(preamble, copy)
-                break
-            except (ValueError, IntegrityError):
-                if attempt == 4 or source.read(0, container.PREAMBLE_SIZE) == preamble:
-                    raise
+        # An in-place rewrap in another process may be running: read it the readers' way.
+        header = read_active_header(source)
         if source.fd is not None:  # a remote source's length is the size pinned at open
             source.length = os.fstat(source.fd).st_size
         if source.length != header.file_length:

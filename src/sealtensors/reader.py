@@ -203,6 +203,38 @@ class PlaintextRules:
             at += 1
 
 
+def read_active_header(source: _Source, then=None):
+    """Parse the active header copy of ``source`` and, with ``then(header)``, use it (unlock);
+    returns ``header`` or ``(header, then(header))``.
+
+    An in-place rewrap in another process writes the spare copy, flips the active-copy byte and
+    then zeroes the old copy, so a reader can see a torn copy. After any failure, and after a
+    success, the preamble and the copy are read again: if either changed, the attempt was torn and
+    is repeated (a file that keeps changing is refused after a few tries); if neither changed, the
+    result stands. Comparing the copy, not only the preamble, also catches a rewrap that flipped
+    the byte away and back (every rewrite increments the copy's sequence number)."""
+
+    def unchanged(preamble: bytes, offset: int, copy: bytes) -> bool:
+        return (source.read(0, container.PREAMBLE_SIZE) == preamble
+                and source.read(offset, len(copy)) == copy)
+
+    for _ in range(5):
+        preamble = source.read(0, container.PREAMBLE_SIZE)
+        _version, _suite, active, capacity = container.parse_preamble(preamble)
+        offset = container.copy_offset(active, capacity)
+        copy = source.read(offset, capacity)
+        try:
+            header = container.parse(preamble, copy)
+            result = header if then is None else (header, then(header))
+        except (FormatError, IntegrityError, WrongKeyError):
+            if source.fd is None or unchanged(preamble, offset, copy):
+                raise
+            continue
+        if source.fd is None or unchanged(preamble, offset, copy):
+            return result
+    raise IntegrityError("the file's header kept changing while it was read")
+
+
 class SealedReader:
     """An opened, authenticated sealed file.
 
@@ -262,29 +294,13 @@ class SealedReader:
         return cls(_Source.from_bytes(data), keys, **options)
 
     def _read_header(self, identities) -> tuple[container.Header, container.Unlocked]:
-        source = self._source
-        # An in-place rewrap in another process writes the spare copy, then flips the active-copy
-        # byte. Reading the same preamble and copy twice around the unlock proves they were not
-        # torn by such a rewrite; a file that keeps changing is refused after a few tries.
-        for _ in range(5):
-            preamble = source.read(0, container.PREAMBLE_SIZE)
-            _version, _suite, active, capacity = container.parse_preamble(preamble)
-            offset = container.copy_offset(active, capacity)
-            copy = source.read(offset, capacity)
-            try:
-                header = container.parse(preamble, copy)
-                policy.check(policy.OpenRequest(header.file_id.hex(),
-                                                tuple(r.type_name for r in header.slots),
-                                                bool(header.trailer_length), source.name))
-                unlocked = container.unlock(header, identities)
-            except (FormatError, IntegrityError):
-                if source.fd is None or source.read(0, container.PREAMBLE_SIZE) == preamble:
-                    raise
-                continue
-            if source.fd is None or (source.read(0, container.PREAMBLE_SIZE) == preamble
-                                     and source.read(offset, capacity) == copy):
-                return header, unlocked
-        raise IntegrityError("the file's header kept changing while it was read")
+        def unlock(header):
+            policy.check(policy.OpenRequest(header.file_id.hex(),
+                                            tuple(r.type_name for r in header.slots),
+                                            bool(header.trailer_length), self._source.name))
+            return container.unlock(header, identities)
+
+        return read_active_header(self._source, unlock)
 
     def _open(self, identities) -> None:
         source = self._source
