@@ -240,6 +240,16 @@ def _recipient_params():
             for name, (_, keys) in FILES.items() for key_index in range(len(keys))]
 
 
+# Exhaustive sweeps: every file up to three chunks runs in CI's slow stage; the twenty-chunk file
+# (~330 KB, hours on the Python engine) is `huge`, run by hand. The default run flips a dense
+# sample of it (test_flip_dense_sample_large_files).
+def _exhaustive(params, name_of):
+    return [pytest.param(*p.values, id=p.id,
+                         marks=[pytest.mark.huge] if name_of(p) == "twenty-chunks"
+                         else [pytest.mark.slow])
+            for p in params]
+
+
 def test_pristine_files_load():
     for name in FILES:
         s = sealed(name)
@@ -273,8 +283,8 @@ def test_flip_dense_sample_large_files(name, stride, edge):
         check_flip(s, position, KEY_A)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name, key_index", _recipient_params())
+@pytest.mark.parametrize("name, key_index",
+                         _exhaustive(_recipient_params(), lambda p: p.values[0]))
 def test_flip_every_byte_of_every_file(name, key_index):
     s = sealed(name)
     for position in range(len(s.blob)):
@@ -296,8 +306,8 @@ def test_truncation(name, key_index):
         assert isinstance(exc, expected), f"{name}: truncated to {length}: {exc!r}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(FILES))
+@pytest.mark.parametrize("name", _exhaustive([pytest.param(n, id=n) for n in FILES],
+                                             lambda p: p.values[0]))
 def test_every_truncation(name):
     s = sealed(name)
     for length in range(len(s.blob)):
