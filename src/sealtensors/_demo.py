@@ -188,7 +188,7 @@ def _run(workdir: Path, size_mib: float, out: Callable[[str], None], keep: bool)
     report = sealtensors.inspect(sealed)
     count = len(report["recipients"])
     plural = "s" if count != 1 else ""
-    out(f"  no key      inspect shows sizes and {count} recipient key id{plural}; "
+    out(f"  no key      inspect shows sizes and {count} recipient slot{plural} (per-file ids); "
         "tensor names, shapes and metadata stay encrypted")
 
     tampered = workdir / "sealtensors-demo.tampered"
