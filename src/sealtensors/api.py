@@ -181,7 +181,7 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
         reader, data_key = _open_for_rewrap(src, key, verify_data, threads)
         with reader:
             new = container.with_slots(reader.header, _new_records(reader, data_key, add, remove))
-            _copy_with_header(reader, new, data_key, dst, overwrite, None, fit=True)
+            _copy_with_header(reader, new, data_key, dst, overwrite, None)
         return _rewrap_report(new, in_place=False, rewrote_data=True)
     with locked_for_update(src) as fd:
         reader, data_key = _open_for_rewrap(src, key, verify_data, threads)
@@ -194,7 +194,7 @@ def rewrap(src: str | os.PathLike, key, *, add=(), remove=(), dst: str | os.Path
                 return _rewrap_report(new, in_place=True, rewrote_data=False)
             real = os.path.realpath(src)
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            _copy_with_header(reader, new, data_key, real, True, mode, fit=True)
+            _copy_with_header(reader, new, data_key, real, True, mode)
             return _rewrap_report(new, in_place=True, rewrote_data=True)
 
 
@@ -208,13 +208,13 @@ def _rewrap_report(header: container.Header, *, in_place: bool, rewrote_data: bo
 
 
 def _copy_with_header(reader: SealedReader, header: container.Header, data_key: bytes, dst,
-                      overwrite: bool, mode: int, *, fit: bool) -> None:
+                      overwrite: bool, mode: int | None) -> None:
     """Write ``header`` (grown if needed) followed by the reader's index, data and trailer."""
     from dataclasses import replace
 
-    if fit and not container.fits(header):
-        table = sum(20 + len(r.body) for r in header.slots)
-        header = replace(header, capacity=container.capacity_for(table))
+    if not container.fits(header):
+        header = replace(header, capacity=container.capacity_for(
+            container.slot_table_length(header.slots)))
     header = replace(header, active=0)
     source = reader._source
     options = {} if mode is None else {"mode": mode}

@@ -1046,8 +1046,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def add_key_option(p, required=True, help_text="a key file that opens the file (repeatable)"):
-    """What opens a file (checked by read_identities: at least one when required)."""
+def add_key_option(p, help_text="a key file that opens the file (repeatable)"):
+    """What opens a file; read_identities(args, required=...) decides whether one is needed."""
     p.add_argument("--key-file", "-k", action="append", metavar="KEYFILE", help=help_text)
     p.add_argument("--identity", "-i", action="append", metavar="FILE",
                    help="an identity file (x25519, xwing, symmetric; '-' = stdin; repeatable)")
@@ -1147,7 +1147,7 @@ def _args_unseal(p) -> None:
 
 def _args_inspect(p) -> None:
     p.add_argument("src", metavar="PATH", nargs="+", help="sealed files or checkpoint directories")
-    add_key_option(p, required=False, help_text="a key file: also list tensors and metadata")
+    add_key_option(p, help_text="a key file: also list tensors and metadata")
     add_signer_options(p)
 
 

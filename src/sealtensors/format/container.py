@@ -121,9 +121,9 @@ def data_context(file_id: bytes, index_plaintext: bytes) -> bytes:
     return DATA_CONTEXT + file_id + hashlib.sha512(index_plaintext).digest()
 
 
-def capacity_for(slot_table_length: int) -> int:
+def capacity_for(table_length: int) -> int:
     """The copy capacity a new file gets: its header plus HEADROOM, in 4 KiB units."""
-    needed = COPY_FIXED_SIZE + slot_table_length + MAC_SIZE + HEADROOM
+    needed = COPY_FIXED_SIZE + table_length + MAC_SIZE + HEADROOM
     return max(MIN_CAPACITY, -(-needed // CAPACITY_UNIT) * CAPACITY_UNIT)
 
 
@@ -221,12 +221,16 @@ def build(header: Header, data_key: bytes) -> tuple[bytes, bytes]:
     return body[:PREAMBLE_SIZE], copy + bytes(header.capacity - len(copy))
 
 
+def slot_table_length(records) -> int:
+    """Bytes the slot records take in a header copy (record headers and bodies)."""
+    return sum(slot_types.RECORD_HEADER.size + len(r.body) for r in records)
+
+
 def new_header(file_id: bytes, index_len: int, data_len: int, trailer_len: int,
                trailer_digest: bytes, records: list[SlotRecord], capacity: int | None = None) -> Header:
-    table_length = sum(slot_types.RECORD_HEADER.size + len(r.body) for r in records)
     return Header(FORMAT_VERSION, SUITE_CHUNKED_AES256GCM_HKDF_SHA512, 0,
-                  capacity or capacity_for(table_length), file_id, 0, index_len, data_len,
-                  trailer_len, trailer_digest, tuple(records), b"")
+                  capacity or capacity_for(slot_table_length(records)), file_id, 0, index_len,
+                  data_len, trailer_len, trailer_digest, tuple(records), b"")
 
 
 def header_region(header: Header, data_key: bytes) -> bytes:
@@ -236,8 +240,7 @@ def header_region(header: Header, data_key: bytes) -> bytes:
 
 
 def fits(header: Header) -> bool:
-    table_length = sum(slot_types.RECORD_HEADER.size + len(r.body) for r in header.slots)
-    return COPY_FIXED_SIZE + table_length + MAC_SIZE <= header.capacity
+    return COPY_FIXED_SIZE + slot_table_length(header.slots) + MAC_SIZE <= header.capacity
 
 
 @dataclass(frozen=True)
