@@ -298,6 +298,26 @@ def inspect(path: str | os.PathLike, key=None, *, fs=None, **verification) -> di
     is signed), labelled unauthenticated, after checking the file length against the header. With
     a key (read once, authenticated): also the tensor table, the metadata and which slot is the
     key's; with ``signer=``, the signature is verified too."""
+    if key is not None:
+        # Read once, authenticated: everything reported comes from the opened reader.
+        with SealedReader.open(path, key, fs=fs, **verification_options(**verification)) as reader:
+            header = reader.header
+            signature = reader.signature
+            if header.trailer_length:
+                raw = reader._read_trailer()  # authenticated by the header's trailer digest
+                if signature is None:
+                    signature = _parse_signature(raw)
+            report = _public_report(path, header, signature)
+            report["authenticated"] = True
+            report["signature_verified"] = reader.signature is not None
+            report["your_slot"] = header.slots[reader.unlocked_slot].slot_id.hex()
+            report["metadata"] = reader.metadata()
+            report["tensors"] = [
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+                 "offsets": [t.begin, t.end]}
+                for t in reader.index.tensors
+            ]
+        return report
     source = _Source.from_path(path, fs)
     try:
         # An in-place rewrap in another process may be running: read it the readers' way.
@@ -309,28 +329,20 @@ def inspect(path: str | os.PathLike, key=None, *, fs=None, **verification) -> di
                                  f"{header.file_length} (truncated or extended)")
         signature = None
         if header.trailer_length:
-            try:
-                signature = trailer.parse(source.read(header.trailer_offset, header.trailer_length))
-            except (ValueError, IntegrityError):
-                signature = None
+            signature = _parse_signature(source.read(header.trailer_offset,
+                                                     header.trailer_length))
     finally:
         source.close()
-    report = _public_report(path, header, signature)
-    if key is None:
-        return report
-    with SealedReader.open(path, key, fs=fs, **verification_options(**verification)) as reader:
-        reader.check_trailer()
-        header = reader.header
-        report = _public_report(path, header, reader.signature or signature)
-        report["authenticated"] = True
-        report["signature_verified"] = reader.signature is not None
-        report["your_slot"] = header.slots[reader.unlocked_slot].slot_id.hex()
-        report["metadata"] = reader.metadata()
-        report["tensors"] = [
-            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "offsets": [t.begin, t.end]}
-            for t in reader.index.tensors
-        ]
-    return report
+    return _public_report(path, header, signature)
+
+
+def _parse_signature(raw: bytes):
+    """The trailer's signature for display, or None when it does not parse (inspect shows what
+    the file claims; verification is for readers given ``signer=``)."""
+    try:
+        return trailer.parse(raw)
+    except (ValueError, IntegrityError):
+        return None
 
 
 def _public_report(path, header: container.Header, signature) -> dict:
