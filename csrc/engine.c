@@ -53,6 +53,10 @@
 #define ST_MIN_BATCH 16
 #define ST_MAX_BATCH 128
 #define ST_MAX_FD_BATCH 8
+/* Chunks hashed side by side (signed files): two rounds of ipsec-mb's 16 AVX-512 lanes. pread
+ * batches of a hashing job hold this many chunks, since a half-filled round of lanes costs as much
+ * as a full one. */
+#define ST_DIGEST_GROUP 32
 #define ST_MAX_THREADS 256
 /* Every decrypted chunk goes through the worker's private one-chunk bounce buffer and is copied
  * into the destination only after its tag verified: no thread of the caller can ever read
@@ -151,6 +155,15 @@ const char *st_provider_cpu_path(int provider)
     return ops ? ops->cpu_path() : NULL;
 }
 
+const char *st_digest_path(int provider)
+{
+    int resolved = st_resolve_provider(provider);
+    if (resolved < 0)
+        return NULL;
+    const char *multi = resolved == ST_PROVIDER_IPSECMB ? st_ipsecmb_sha256_path() : NULL;
+    return multi ? multi : "openssl";
+}
+
 static int parse_positive(const char *text)
 {
     if (!text || !*text)
@@ -218,6 +231,7 @@ typedef struct span_job {
     int stream;          /* copy authenticated chunks into dst with streaming stores */
     const uint8_t *digests; /* decrypt: expected SHA-256 per chunk of the span, or NULL */
     uint8_t *digests_out;   /* encrypt: SHA-256 per produced chunk, or NULL */
+    int multi_digest;       /* hash groups of chunks with ipsec-mb's multi-buffer SHA-256 */
     uint64_t batch;
     uint64_t nbatches;
     atomic_uint_fast64_t next_batch;
@@ -294,9 +308,6 @@ static inline size_t chunk_plain_len(const span_job *job, uint64_t rel)
     return rel + 1 == job->nchunks ? job->last_len : ST_CHUNK_SIZE;
 }
 
-/* Process chunks [lo, hi); when decrypting, their ciphertext starts at `ct` (chunk lo's first byte,
- * NULL when encrypting). Returns 0 after
- * recording a failure, 1 when all chunks succeeded. */
 #if defined(__SSE2__)
 #include <emmintrin.h>
 /* Copy with non-temporal stores: the destination is written without being read into the cache
@@ -328,52 +339,126 @@ static void stream_copy(uint8_t *dst, const uint8_t *src, size_t len)
 #define ST_HAVE_STREAM 0
 #endif
 
-static int run_chunks(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, uint64_t hi)
+/* SHA-256 of the stored chunks [lo, hi) (at most ST_DIGEST_GROUP; the first at `stored`, the
+ * others ST_ENCRYPTED_CHUNK_SIZE apart) into `out`: all at once through ipsec-mb's multi-buffer
+ * hashing when the job's provider is ipsec-mb, else (or when that path is missing) one by one with
+ * OpenSSL. Both compute plain FIPS 180-4 SHA-256; tests compare them with each other and hashlib. */
+static int digest_group(const span_job *job, worker *w, const uint8_t *stored, uint64_t lo,
+                        uint64_t hi, uint8_t *out, unsigned long *perr)
 {
-    void *pstate = w->pstate;
-    uint8_t nonce[ST_NONCE_SIZE];
-    for (uint64_t rel = lo; rel < hi; rel++) {
-        if (rel >= atomic_load_explicit(&job->fail_at, memory_order_relaxed))
-            return 0; /* a lower chunk already failed; nothing here can be lower */
-        size_t len = chunk_plain_len(job, rel);
-        unsigned long perr = 0;
-        int rc;
-        chunk_nonce(job, rel, nonce);
-        if (job->encrypt) {
-            const uint8_t *plain = job->src + rel * ST_CHUNK_SIZE;
-            uint8_t *out = job->dst + rel * ST_ENCRYPTED_CHUNK_SIZE;
-            rc = job->ops->seal(pstate, nonce, NULL, 0, plain, len, out, out + len, &perr);
-            if (rc == ST_OK && job->digests_out)
-                rc = chunk_sha256(w->md, out, len + ST_TAG_SIZE,
-                                  job->digests_out + rel * ST_DIGEST_SIZE, &perr);
-        } else {
-            const uint8_t *in = ct + (rel - lo) * ST_ENCRYPTED_CHUNK_SIZE;
-            uint8_t *out = job->dst + rel * ST_CHUNK_SIZE;
-            if (job->digests) { /* the stored bytes must be what was signed before any AES work */
-                uint8_t got[ST_DIGEST_SIZE];
-                rc = chunk_sha256(w->md, in, len + ST_TAG_SIZE, got, &perr);
-                if (rc == ST_OK &&
-                    CRYPTO_memcmp(got, job->digests + rel * ST_DIGEST_SIZE, ST_DIGEST_SIZE) != 0)
-                    rc = ST_E_DIGEST;
-                if (rc != ST_OK) {
-                    record_failure(job, rel, rc, perr, 0);
-                    return 0;
-                }
-            }
-            rc = job->ops->open(pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
-            if (rc == ST_OK) { /* only authenticated plaintext reaches the destination */
-#if ST_HAVE_STREAM
-                if (job->stream)
-                    stream_copy(out, w->bounce, len);
-                else
-#endif
-                    memcpy(out, w->bounce, len);
+    const uint8_t *data[ST_DIGEST_GROUP] = {0};
+    size_t lens[ST_DIGEST_GROUP] = {0};
+    size_t n = (size_t)(hi - lo);
+    for (size_t i = 0; i < n; i++) {
+        data[i] = stored + i * ST_ENCRYPTED_CHUNK_SIZE;
+        lens[i] = chunk_plain_len(job, lo + i) + ST_TAG_SIZE;
+    }
+    if (job->multi_digest) {
+        int rc = st_ipsecmb_sha256_many(data, lens, n, out);
+        if (rc != ST_E_ARG)
+            return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int rc = chunk_sha256(w->md, data[i], lens[i], out + i * ST_DIGEST_SIZE, perr);
+        if (rc != ST_OK)
+            return rc;
+    }
+    return ST_OK;
+}
+
+/* Decrypt chunks [lo, hi) (at most ST_DIGEST_GROUP when the job checks digests), whose ciphertext
+ * starts at `ct`. With digests, every chunk of the group is hashed first and none at or above the
+ * first mismatch is decrypted: the stored bytes must be what was signed before any AES work. */
+static int open_group(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, uint64_t hi)
+{
+    uint64_t stop = hi;
+    int rc;
+    unsigned long perr = 0;
+    if (job->digests) {
+        uint8_t got[ST_DIGEST_GROUP * ST_DIGEST_SIZE];
+        rc = digest_group(job, w, ct, lo, hi, got, &perr);
+        if (rc != ST_OK) {
+            record_failure(job, lo, rc, perr, 0);
+            return 0;
+        }
+        for (uint64_t rel = lo; rel < hi; rel++) {
+            if (CRYPTO_memcmp(got + (rel - lo) * ST_DIGEST_SIZE,
+                              job->digests + rel * ST_DIGEST_SIZE, ST_DIGEST_SIZE) != 0) {
+                stop = rel;
+                break;
             }
         }
+    }
+    uint8_t nonce[ST_NONCE_SIZE];
+    for (uint64_t rel = lo; rel < stop; rel++) {
+        if (rel >= atomic_load_explicit(&job->fail_at, memory_order_relaxed))
+            return 0; /* a lower chunk already failed; nothing here can be lower */
+        const uint8_t *in = ct + (rel - lo) * ST_ENCRYPTED_CHUNK_SIZE;
+        uint8_t *out = job->dst + rel * ST_CHUNK_SIZE;
+        size_t len = chunk_plain_len(job, rel);
+        chunk_nonce(job, rel, nonce);
+        rc = job->ops->open(w->pstate, nonce, NULL, 0, in, len, w->bounce, in + len, &perr);
         if (rc != ST_OK) {
             record_failure(job, rel, rc, perr, 0);
             return 0;
         }
+        /* only authenticated plaintext reaches the destination */
+#if ST_HAVE_STREAM
+        if (job->stream)
+            stream_copy(out, w->bounce, len);
+        else
+#endif
+            memcpy(out, w->bounce, len);
+    }
+    if (stop < hi) {
+        record_failure(job, stop, ST_E_DIGEST, 0, 0);
+        return 0;
+    }
+    return 1;
+}
+
+/* Encrypt chunks [lo, hi) (at most ST_DIGEST_GROUP when the job records digests), then hash the
+ * stored chunks produced. */
+static int seal_group(span_job *job, worker *w, uint64_t lo, uint64_t hi)
+{
+    uint8_t nonce[ST_NONCE_SIZE];
+    unsigned long perr = 0;
+    int rc;
+    for (uint64_t rel = lo; rel < hi; rel++) {
+        if (rel >= atomic_load_explicit(&job->fail_at, memory_order_relaxed))
+            return 0;
+        const uint8_t *plain = job->src + rel * ST_CHUNK_SIZE;
+        uint8_t *out = job->dst + rel * ST_ENCRYPTED_CHUNK_SIZE;
+        size_t len = chunk_plain_len(job, rel);
+        chunk_nonce(job, rel, nonce);
+        rc = job->ops->seal(w->pstate, nonce, NULL, 0, plain, len, out, out + len, &perr);
+        if (rc != ST_OK) {
+            record_failure(job, rel, rc, perr, 0);
+            return 0;
+        }
+    }
+    if (job->digests_out) {
+        rc = digest_group(job, w, job->dst + lo * ST_ENCRYPTED_CHUNK_SIZE, lo, hi,
+                          job->digests_out + lo * ST_DIGEST_SIZE, &perr);
+        if (rc != ST_OK) {
+            record_failure(job, lo, rc, perr, 0);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Process chunks [lo, hi) in groups; when decrypting, their ciphertext starts at `ct` (chunk lo's
+ * first byte, NULL when encrypting). Returns 0 after recording a failure, 1 when all chunks
+ * succeeded. */
+static int run_chunks(span_job *job, worker *w, const uint8_t *ct, uint64_t lo, uint64_t hi)
+{
+    for (uint64_t g = lo; g < hi; g += ST_DIGEST_GROUP) {
+        uint64_t ghi = hi - g > ST_DIGEST_GROUP ? g + ST_DIGEST_GROUP : hi;
+        int ok = job->encrypt ? seal_group(job, w, g, ghi)
+                              : open_group(job, w, ct + (g - lo) * ST_ENCRYPTED_CHUNK_SIZE, g, ghi);
+        if (!ok)
+            return 0;
     }
     return 1;
 }
@@ -446,7 +531,7 @@ static void work(worker *w)
 
 /* ---------------------------------------------------------------- the helper pool */
 
-#define ST_READBUF_LEN ((size_t)ST_MAX_FD_BATCH * ST_ENCRYPTED_CHUNK_SIZE)
+#define ST_READBUF_LEN ((size_t)ST_DIGEST_GROUP * ST_ENCRYPTED_CHUNK_SIZE)
 
 typedef struct helper {
     pthread_t thread;
@@ -757,7 +842,11 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
 
     threads = resolve_threads(threads);
     uint64_t n = job->nchunks;
-    uint64_t max_batch = job->src || job->encrypt ? ST_MAX_BATCH : ST_MAX_FD_BATCH;
+    int hashing = job->digests || job->digests_out;
+    job->multi_digest = hashing && resolved == ST_PROVIDER_IPSECMB;
+    uint64_t max_batch = job->src || job->encrypt ? ST_MAX_BATCH
+                         : hashing                ? ST_DIGEST_GROUP
+                                                  : ST_MAX_FD_BATCH;
     uint64_t batch;
     int nworkers = 1;
     if (threads > 1 && n >= ST_MIN_PARALLEL_CHUNKS) {
@@ -780,7 +869,6 @@ static int run_job(span_job *job, int provider, const uint8_t *key, int threads,
     job->fail_errno = 0;
     job->pending = 0;
     int need_readbuf = !job->src && !job->encrypt;
-    int hashing = job->digests || job->digests_out;
     if (hashing && !digest_available())
         return finish(status, ST_E_PROVIDER, -1, 0, 0);
 

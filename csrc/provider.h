@@ -32,6 +32,15 @@ typedef struct st_provider_ops {
                 unsigned long *err);
 } st_provider_ops;
 
+/* SHA-256 of `n` messages, each shorter than 64 KiB (`data[i]`, `lens[i]` bytes; digest i at
+ * out + 32 * i), through intel-ipsec-mb's multi-buffer job API on the calling thread's own manager
+ * (16 messages side by side with AVX-512, 8 with AVX2): ST_OK, ST_E_PROVIDER when a job failed, or
+ * ST_E_ARG when the multi-buffer path is not there (not built, no usable CPU path, no memory for
+ * the thread's manager, a message too long): the caller hashes with OpenSSL instead. */
+int st_ipsecmb_sha256_many(const uint8_t *const *data, const size_t *lens, size_t n, uint8_t *out);
+/* "ipsecmb-<arch> multi-buffer", or NULL when st_ipsecmb_sha256_many is not available. */
+const char *st_ipsecmb_sha256_path(void);
+
 extern const st_provider_ops st_openssl_ops;
 extern const st_provider_ops st_ipsecmb_ops;
 

@@ -54,6 +54,7 @@ int st_provider_available(int provider);
 int st_resolve_provider(int provider);
 const char *st_provider_name(int provider);
 const char *st_provider_cpu_path(int provider);
+const char *st_digest_path(int provider);
 int st_default_threads(void);
 int st_cpu_count(void);
 const char *st_status_message(int code);

@@ -104,6 +104,9 @@ int st_provider_available(int provider);     /* 1 or 0 */
 int st_resolve_provider(int provider);       /* the concrete provider AUTO maps to, -1 if none */
 const char *st_provider_name(int provider);  /* "ipsecmb", "openssl"; NULL for unknown */
 const char *st_provider_cpu_path(int provider);
+/* How chunk digests (signed files) are computed with this provider: "ipsecmb-avx512 multi-buffer"
+ * (and the like) or "openssl"; NULL when the provider is unavailable. */
+const char *st_digest_path(int provider);
 /* SEALTENSORS_THREADS when it is a positive integer (reads the environment: call it where no
  * other thread can be changing the environment), else st_cpu_count(); at most 256. */
 int st_default_threads(void);

@@ -94,6 +94,42 @@ def test_one_wrong_digest_is_a_signature_error(bad, source, tmp_path):
     assert out == bytes(len(out))
 
 
+@pytest.mark.parametrize("bad", [(0,), (31,), (32,), (63, 64), (64, 100), (100,)])
+@pytest.mark.parametrize("source", ["memory", "fd"])
+def test_wrong_digests_around_hashing_group_edges(bad, source, tmp_path):
+    """On one thread a batch is hashed 32 chunks at a time (ipsec-mb's multi-buffer SHA-256 fills
+    two rounds of 16 lanes) before any of them is decrypted: a mismatch at either edge of a group,
+    or two in neighbouring groups, reports the lowest chunk, and nothing at or after it is kept."""
+    plaintext = os.urandom(100 * CHUNK_SIZE + 5)
+    ciphertext, table = seal(plaintext, first=9)
+    wrong = bytearray(table)
+    for index in bad:
+        wrong[index * DIGEST_SIZE] ^= 0x01
+    out = bytearray(b"\x55" * len(plaintext))
+    with pytest.raises(SignatureError) as caught:
+        if source == "memory":
+            backends.engine().decrypt_span(KEY, NONCE, 9, ciphertext, out, final=True, threads=1,
+                                           digests=bytes(wrong))
+        else:
+            path = tmp_path / "span"
+            path.write_bytes(ciphertext)
+            with open(path, "rb") as f:
+                backends.engine().decrypt_span_fd(KEY, NONCE, 9, f.fileno(), 0, len(ciphertext),
+                                                  out, final=True, threads=1, digests=bytes(wrong))
+    assert caught.value.chunk_index == 9 + min(bad)
+    assert out == bytes(len(out))
+
+
+def test_engine_info_names_its_digest_path(backend):
+    digest = backends.engine().info()["digest"]
+    if backend == "python":
+        assert digest == "hashlib"
+    elif backend == "c-openssl":
+        assert digest == "openssl"
+    else:  # ipsec-mb hashes with its multi-buffer job API whenever it encrypts
+        assert digest.startswith("ipsecmb-") and digest.endswith(" multi-buffer")
+
+
 def test_tampered_chunk_with_signed_digest_fails_the_digest_first():
     """A modified chunk no longer hashes to what was signed: the digest check, which runs before
     any AES work, reports it (as SignatureError), not the tag."""

@@ -25,6 +25,7 @@
 
 static uint8_t key[ST_KEY_SIZE], nonce[ST_NONCE_SIZE];
 static uint8_t *plaintext, *reference;
+static uint8_t reference_digests[(CHUNKS + 1) * ST_DIGEST_SIZE]; /* OpenSSL, one thread */
 static int provider;
 static int failures;
 static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -104,6 +105,7 @@ static void *caller(void *arg)
 {
     caller_arg *a = arg;
     uint8_t *ct = malloc(CIPHER), *out = malloc(PLAIN);
+    uint8_t digests[(CHUNKS + 1) * ST_DIGEST_SIZE];
     st_status status;
     if (!ct || !out) {
         fail("malloc", a->id, 0, 0, 0);
@@ -148,6 +150,21 @@ static void *caller(void *arg)
                                 &status);
         if (rc != ST_E_IO || status.chunk_index != 5 || !all_zero(out, PLAIN))
             fail("unreadable fd", a->id, threads, rc, status.chunk_index);
+        /* signed: digests produced in parallel (multi-buffer with ipsec-mb) equal the reference;
+         * decrypting with them works, and one wrong digest is reported at its chunk */
+        rc = st_encrypt_span_mem(provider, key, nonce, 5, plaintext, PLAIN, ct, CIPHER, digests,
+                                 sizeof digests, 1, threads, &status);
+        if (rc != ST_OK || memcmp(digests, reference_digests, sizeof digests) != 0)
+            fail("encrypt with digests", a->id, threads, rc, status.chunk_index);
+        rc = st_decrypt_span_fd(provider, key, nonce, 5, a->fd, 100, CIPHER, out, PLAIN, digests,
+                                sizeof digests, 1, threads, &status);
+        if (rc != ST_OK || memcmp(out, plaintext, PLAIN) != 0)
+            fail("decrypt fd with digests", a->id, threads, rc, status.chunk_index);
+        digests[(size_t)low * ST_DIGEST_SIZE + 3] ^= 4;
+        rc = st_decrypt_span_mem(provider, key, nonce, 5, reference, CIPHER, out, PLAIN, digests,
+                                 sizeof digests, 1, threads, &status);
+        if (rc != ST_E_DIGEST || status.chunk_index != 5 + low || !all_zero(out, PLAIN))
+            fail("wrong digest", a->id, threads, rc, status.chunk_index);
         /* a span too short to split (10 chunks), between the parallel ones */
         rc = st_decrypt_span_mem(provider, key, nonce, 5, reference, 10 * ST_ENCRYPTED_CHUNK_SIZE,
                                  out, 10 * ST_CHUNK_SIZE, NULL, 0, 0, threads, &status);
@@ -182,7 +199,8 @@ int main(int argc, char **argv)
     unlink(cut_path);
 
     st_status setup;
-    if (st_encrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, plaintext, PLAIN, reference, CIPHER, NULL, 0,
+    if (st_encrypt_span_mem(ST_PROVIDER_OPENSSL, key, nonce, 5, plaintext, PLAIN, reference, CIPHER,
+                            reference_digests, sizeof reference_digests,
                             1, 1, &setup) != ST_OK)
         return 3;
     if (atfork_failure_check() != 0) /* first: no helper thread exists yet in this process */

@@ -198,6 +198,7 @@ class CEngine:
             "backend": "c",
             "provider": self.provider,
             "cpu_path": ffi.string(lib.st_provider_cpu_path(self._provider)).decode(),
+            "digest": ffi.string(lib.st_digest_path(self._provider)).decode(),
             "threads": default_threads(),
         }
 

@@ -49,7 +49,8 @@ class PythonEngine:
     name = "python"
 
     def info(self) -> dict:
-        return {"backend": "python", "provider": "pycryptodome", "cpu_path": "generic", "threads": 1}
+        return {"backend": "python", "provider": "pycryptodome", "cpu_path": "generic",
+                "digest": "hashlib", "threads": 1}
 
     def encrypt_span(self, aead_key, base_nonce, first_chunk, src, dst, *, final, threads=0,
                      digests_out=None):
