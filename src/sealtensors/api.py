@@ -16,7 +16,7 @@ from .crypto import chunked
 from .format import container, trailer
 from .io.atomic import atomic_output, check_destination, refuse_same_file
 from .io.header_update import locked_for_update, write_header
-from .format.safetensors_io import READ_PIECE, header_for, read_header, tensor_pieces, write_unpadded
+from .format.safetensors_io import header_for, read_header, write_unpadded
 from .errors import IntegrityError, InvalidKeyError, RecipientError
 from .format.index import TensorInfo, align_up, layout
 from .keys import textcodec
@@ -25,7 +25,7 @@ from .keys.pins import verification_options
 from .keys.slots import SLOT_ID_SIZE, Identity, Recipient
 from .numpy import tensor_view
 from .reader import SealedReader, _Source, read_active_header
-from .writer import write_sealed
+from .writer import FileRange, write_sealed
 
 ProgressCallback = Callable[[int], None]
 _SLOT_ID_HEX = re.compile(r"[0-9a-f]{32}")
@@ -52,9 +52,8 @@ def seal_file(src: str | os.PathLike, dst: str | os.PathLike, key=None, *, recip
         tensors, metadata, data_start = read_header(fd)
         index = layout(((t.name, t.dtype, t.shape) for t in tensors), metadata)
         with atomic_output(dst, overwrite=overwrite) as out:
-            largest = max((t.end - t.begin for t in tensors), default=0)
-            piece_buffer = bytearray(max(1, min(READ_PIECE, largest)))
-            pieces = (tensor_pieces(fd, data_start, t, piece_buffer) for t in tensors)
+            # Ranges, not bytes: the writer preads them straight into its encryption buffer.
+            pieces = ((FileRange(fd, data_start + t.begin, t.end - t.begin),) for t in tensors)
             file_id = write_sealed(out, index, pieces, recipient_list, threads=threads,
                                    progress=progress, signer=signer, generation=generation)
     finally:

@@ -17,8 +17,6 @@ from .dtypes import item_size
 from ..errors import FormatError
 from .index import MAX_INDEX_BYTES, TensorIndex, tensor_nbytes
 
-READ_PIECE = 16 * 1024 * 1024
-
 # The first bytes of a sealed file (format/container.py's MAGIC), spelled out here so that telling a
 # sealed file from a plain one does not depend on the sealed format's parser.
 SEALED_MAGIC = b"SEALTENS"
@@ -97,25 +95,6 @@ def read_header(fd: int, name: str = "the source"
     if position != data_size:
         raise FormatError("safetensors file has bytes after its last tensor")
     return tensors, metadata, data_start
-
-
-def tensor_pieces(fd: int, data_start: int, tensor: PlainTensor,
-                  buffer: bytearray) -> Iterator[memoryview]:
-    """The tensor's bytes read with pread into ``buffer``, one bounded piece at a time.
-
-    Each piece is a view of ``buffer``, valid until the next one is requested: one buffer serves
-    the whole file, so sealing allocates nothing per piece (fresh multi-MiB allocations per piece
-    made the allocator's footprint grow with the file)."""
-    view = memoryview(buffer)
-    position = data_start + tensor.begin
-    remaining = tensor.end - tensor.begin
-    while remaining:
-        got = os.preadv(fd, [view[:min(remaining, len(view))]], position)
-        if not got:
-            raise FormatError("safetensors file changed size while being read")
-        position += got
-        remaining -= got
-        yield view[:got]
 
 
 def header_for(index: TensorIndex) -> bytes:
