@@ -42,7 +42,8 @@ def small_spans(monkeypatch):
 
 def _tensors(lengths: list[int]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(len(lengths) * 7919 + sum(lengths))
-    return {f"t{i}": rng.integers(0, 256, length, dtype=np.uint8) for i, length in enumerate(lengths)}
+    return {f"t{i}": rng.integers(0, 256, length, dtype=np.uint8)
+            for i, length in enumerate(lengths)}
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -184,7 +185,8 @@ def test_a_real_file_size_limit_fails_cleanly_naming_the_destination(tmp_path):
     the writer thread, is an OSError naming the destination, and nothing is left behind."""
     from safetensors.numpy import save_file
 
-    save_file({"w": np.ones(5 * 1024 * 1024, dtype=np.float32)}, str(tmp_path / "plain.safetensors"))
+    source = tmp_path / "plain.safetensors"
+    save_file({"w": np.ones(5 * 1024 * 1024, dtype=np.float32)}, str(source))
     script = textwrap.dedent("""
         import errno, os, resource, signal, sys
         import sealtensors
@@ -198,7 +200,7 @@ def test_a_real_file_size_limit_fails_cleanly_naming_the_destination(tmp_path):
             print(exc.errno == errno.EFBIG, exc.filename == target, os.path.exists(target))
     """)
     target = str(tmp_path / "out.sealed")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "plain.safetensors"),
-                           target], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script, str(source), target],
+                          capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["True", "True", "False"], done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.safetensors"]

@@ -72,7 +72,8 @@ class _SpanWriter:
 
     def __init__(self, out: BinaryIO, threaded: bool) -> None:
         self._out = out
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sealtensors-writer") if threaded else None
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="sealtensors-writer")
+                      if threaded else None)
         self._fd = None
         if _SYNC_FILE_RANGE is not None:
             try:
@@ -80,8 +81,8 @@ class _SpanWriter:
                 self._position = out.tell()
                 if stat.S_ISREG(os.fstat(fd).st_mode):
                     self._fd = fd
-            except (AttributeError, OSError, ValueError):  # BytesIO and other objects without a file
-                pass
+            except (AttributeError, OSError, ValueError):
+                pass  # BytesIO and other outputs without a file descriptor
         self._last: Future | None = None
         self._error: BaseException | None = None
 
@@ -210,7 +211,7 @@ class _DataEncryptor:
         self._fill = 0
 
     def _seal(self, plain: memoryview, final: bool) -> None:
-        """Encrypt ``plain`` (whole chunks unless ``final``) as the next span and queue its write."""
+        """Encrypt ``plain`` (whole chunks unless ``final``) as the next span; queue its write."""
         length = span_ciphertext_length(len(plain), final)
         turn = self._turn
         if self._pending[turn] is not None:
