@@ -32,11 +32,6 @@ MAX_GENERATION = 2**63 - 1
 assert len(STATEMENT_LABEL) == 32 and STATEMENT_SIZE == 264
 
 
-def chunk_digest(stored_chunk) -> bytes:
-    """SHA-256 of one stored data chunk (ciphertext and tag)."""
-    return hashlib.sha256(stored_chunk).digest()
-
-
 def trailer_length(data_message_length: int) -> int:
     return FIXED_SIZE + DIGEST_SIZE * chunked.chunk_count(chunked.plaintext_length(data_message_length))
 
