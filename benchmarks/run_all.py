@@ -62,7 +62,7 @@ RSS_TARGET = 1.10
 
 # --preset fresh: the fresh-VM comparison (issue 13), every loader next to its baselines, plus the
 # first-touch cost of fresh memory measured by the same fresh processes.
-FRESH_CASES = ("seal_numpy", "seal_numpy_lazy", "seal_numpy_never", "seal_numpy_always",
+FRESH_CASES = ("seal_numpy", "seal_numpy_lazy", "seal_numpy_auto", "seal_numpy_always",
                "seal_numpy_pooled", "safetensors_numpy", "cryptotensors_numpy", "hand_written",
                "seal_torch", "safetensors_torch", "cryptotensors_torch",
                "touch_4k", "touch_thp", "populate_never", "populate_always", "populate_auto")
@@ -75,7 +75,7 @@ FRESH_TARGETS = [
     ("numpy, new memory vs old (MADV_HUGEPAGE, lazy)", "seal_numpy_lazy", "seal_numpy", None),
 ]
 TAIL_TARGET = 1.3  # max / median, each sealtensors loader
-CHART_CASES = ("seal_numpy", "seal_numpy_lazy", "seal_numpy_never", "seal_numpy_always",
+CHART_CASES = ("seal_numpy", "seal_numpy_lazy", "seal_numpy_auto", "seal_numpy_always",
                "seal_numpy_pooled", "safetensors_numpy", "cryptotensors_numpy", "hand_written",
                "seal_torch", "safetensors_torch", "cryptotensors_torch")
 

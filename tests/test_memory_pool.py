@@ -30,6 +30,34 @@ def test_every_mode_gives_zeroed_writable_memory(monkeypatch, mode):
     assert buffer[-1] == 1
 
 
+def _smaps_entry(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that starts at ``address``."""
+    fields, inside = {}, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                if inside:
+                    break
+                inside = int(head.split("-")[0], 16) == address
+            elif inside:
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+    return fields
+
+
+def test_default_is_four_kib_pages(monkeypatch):
+    """Huge pages are opt-in (``auto``/``always``): the default mapping is never backed by them."""
+    monkeypatch.delenv("SEALTENSORS_HUGEPAGES", raising=False)
+    assert memory.hugepage_mode() == "never"
+    buffer = memory.allocate(8 << 20)
+    fields = _smaps_entry(buffer.ctypes.data)
+    assert fields, "the mapping is not in /proc/self/smaps"
+    assert fields.get("AnonHugePages") == "0 kB"
+    assert fields.get("THPeligible", "0") == "0"
+    assert int(fields["Rss"].split()[0]) >= 8 << 10  # populated up front
+
+
 @pytest.mark.parametrize("name,value", [("SEALTENSORS_HUGEPAGES", "sometimes"),
                                         ("SEALTENSORS_POOL_BYTES", "-1"),
                                         ("SEALTENSORS_POOL_BYTES", "1GiB")])

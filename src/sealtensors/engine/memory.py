@@ -14,16 +14,20 @@ system time per GiB on a 2-vCPU KVM guest, docs/PERFORMANCE.md "Fresh VM").
 
 Huge pages (``SEALTENSORS_HUGEPAGES``, read at every allocation):
 
-- ``never``: ``MADV_NOHUGEPAGE``; 4 KiB pages, about 0.35 s of system time per GiB, every time.
+- ``never`` (default): ``MADV_NOHUGEPAGE``; 4 KiB pages, about 0.35 s of system time per GiB,
+  every time. The default because it is the predictable one: in two quiet runs of the fresh-process
+  benchmark (docs/PERFORMANCE.md "Fresh VM") its median load was the best or equal best (0.342 and
+  0.338 s per GiB) while ``auto`` went from 0.341 to 0.481 s as the host's backing of huge pages
+  changed between the runs, with tails up to 1.9x its median.
 - ``always``: ``MADV_HUGEPAGE`` for the whole mapping (the behaviour before this setting existed).
   Cheapest when the guest's free huge pages are already backed by the host (0.17 s/GiB), but on a
   freshly started cloud VM, whose memory the host backs lazily, measured at 0.9-2.1 s/GiB.
-- ``auto`` (default): huge pages are tried and the cost is watched. The mapping is populated in
+- ``auto``: huge pages are tried and the cost is watched. The mapping is populated in
   16 MiB steps under ``MADV_HUGEPAGE``; each step's CPU time (this thread's user+sys, so other
   processes' load does not skew it) is compared with what 4 KiB pages would cost, and at the first
   step that is more expensive the rest of the mapping is switched to ``MADV_NOHUGEPAGE``. The worst
-  case is one expensive step (about 35 ms on the slow VM) more than ``never``; the best case is the
-  warm huge-page cost. Where THP is off system-wide there is nothing to try and ``auto`` is ``never``.
+  case is one expensive step per populating thread more than ``never``; the best case is the warm
+  huge-page cost. Where THP is off system-wide there is nothing to try and ``auto`` is ``never``.
 
 Pool (``SEALTENSORS_POOL_BYTES``, default 0 = off): freed mappings of up to that many bytes in all
 are kept, zeroed, for later allocations of exactly the same (page-rounded) size, so repeated loads
@@ -95,7 +99,7 @@ _populate_supported = True  # cleared the first time the kernel refuses MADV_POP
 
 def hugepage_mode() -> str:
     """The huge-page setting in force (``SEALTENSORS_HUGEPAGES``); BackendError for unknown values."""
-    choice = os.environ.get("SEALTENSORS_HUGEPAGES", "auto").strip().lower() or "auto"
+    choice = os.environ.get("SEALTENSORS_HUGEPAGES", "never").strip().lower() or "never"
     if choice not in HUGEPAGE_CHOICES:
         raise BackendError(f"SEALTENSORS_HUGEPAGES={choice!r} is not one of "
                            f"{', '.join(HUGEPAGE_CHOICES)}")
