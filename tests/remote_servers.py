@@ -173,6 +173,18 @@ class MotoS3Server:
         self._service = ServiceProcess(
             "moto server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                             str(self.port)], self.port, env=env)
+        # moto logs every request to stderr; an unread pipe fills after a few hundred requests
+        # and the server then blocks mid-response. Keep reading it (the tail helps debugging).
+        self.log_tail: list[bytes] = []
+        threading.Thread(target=self._drain, args=(self._service.process.stderr,),
+                         daemon=True).start()
+
+    def _drain(self, stream) -> None:
+        try:
+            for line in iter(stream.readline, b""):
+                self.log_tail = [*self.log_tail[-49:], line]
+        except (OSError, ValueError):  # closed by stop()
+            pass
 
     def filesystem(self, **options):
         """A fresh s3fs filesystem on this server (not fsspec's shared instance cache)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -61,9 +62,10 @@ def is_sealed_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def is_sealed_checkpoint(directory: str | os.PathLike) -> bool:
-    """True when ``directory`` holds a checkpoint manifest."""
-    return os.path.isfile(os.path.join(directory, MANIFEST_NAME))
+def is_sealed_checkpoint(directory, *, fs=None) -> bool:
+    """True when ``directory`` (a local directory, a URL, or a path in the fsspec filesystem
+    ``fs``) holds a checkpoint manifest. A store that keeps failing raises RemoteSourceError."""
+    return _Directory.of(directory, fs).has_file(MANIFEST_NAME)
 
 
 def _relative_files(directory: Path) -> list[str]:
@@ -97,6 +99,147 @@ def _sha512_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _Directory:
+    """Where a checkpoint directory is: a local folder, or a prefix in object storage (a URL, or a
+    path in an fsspec filesystem). Members are named by their relative paths. A store that cannot
+    list a directory (HTTP) is read from the manifest's list of files only."""
+
+    def __init__(self, local: Path | None, label: str, *, fs=None, root: str = "",
+                 template=None) -> None:
+        self.local = local
+        self.label = label
+        self.fs = fs
+        self.root = root
+        self._template = template  # the RemotePath given: its concurrency, part size, attempts
+
+    @classmethod
+    def of(cls, directory, fs=None) -> "_Directory":
+        """``directory`` (a path, a URL, a RemotePath, or a path in ``fs``) as a _Directory."""
+        from .io import remote
+
+        if isinstance(directory, _Directory):
+            return directory
+        location = remote.resolve(remote.bind(directory, fs))
+        if location is None:
+            local = remote.local_path(directory)
+            return cls(Path(local), os.fspath(local))
+        store, path = location.resolved()
+        root = store._strip_protocol(path).rstrip("/")
+        label = remote.RemotePath(root, store).url()
+        return cls(None, label, fs=store, root=root, template=location)
+
+    @property
+    def scheme(self) -> str:
+        """What the directory is in, for messages ('local', 's3', 'http', ...)."""
+        if self.local is not None:
+            return "local"
+        from .io.remote import store_kind
+
+        return store_kind(self.fs)
+
+    def member(self, name: str):
+        """A path for the readers: a Path, or a RemotePath carrying the given read options."""
+        if self.local is not None:
+            return self.local / name
+        from .io.remote import RemotePath
+
+        options = self._template
+        return RemotePath(f"{self.root}/{name}", self.fs, options.concurrency,
+                          options.part_bytes, options.attempts)
+
+    def can_list(self) -> bool:
+        return self.local is not None or self.scheme != "http"
+
+    def listing(self) -> list[str] | None:
+        """Every file under the directory as sorted relative paths (local: symbolic links too),
+        or None where the store cannot list (HTTP)."""
+        if self.local is not None:
+            return _relative_files(self.local)
+        if not self.can_list():
+            return None
+        from .io.remote import with_retries
+
+        def find() -> list[str]:
+            # A fresh listing: fsspec caches listings per filesystem instance, and a cached one
+            # would also answer later metadata requests with stale ETags.
+            self.fs.invalidate_cache(self.root)
+            try:
+                return self.fs.find(self.root, withdirs=False)
+            finally:
+                self.fs.invalidate_cache(self.root)
+
+        found = with_retries(find, label=self.label, what="listing")
+        prefix = self.root + "/"
+        return sorted(path[len(prefix):] for path in found
+                      if path.startswith(prefix) and not path.endswith("/"))
+
+    def size_of(self, name: str) -> int | None:
+        """The size of member ``name``, or None when there is no such file."""
+        if self.local is not None:
+            path = self.local / name
+            return path.stat().st_size if path.is_file() else None
+        from .io.remote import RemoteSourceError, with_retries
+
+        path = f"{self.root}/{name}"
+        try:
+            info = with_retries(lambda: self.fs.info(path), label=f"{self.label}/{name}",
+                                what="metadata")
+        except RemoteSourceError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        size = info.get("size")
+        if info.get("type", "file") != "file" or not isinstance(size, int):
+            return None
+        return size
+
+    def has_file(self, name: str) -> bool:
+        return self.size_of(name) is not None
+
+    def is_link(self, name: str) -> bool:
+        return self.local is not None and (self.local / name).is_symlink()
+
+    def sha512(self, name: str) -> str:
+        """SHA-512 (hex) of member ``name``; remote members are fetched in ranges, each retried and
+        pinned to the version seen first."""
+        digest = hashlib.sha512()
+        self._stream(name, digest.update)
+        return digest.hexdigest()
+
+    def copy_to(self, name: str, target: Path) -> None:
+        if self.local is not None:
+            shutil.copyfile(self.local / name, target)
+            return
+        with open(target, "wb") as handle:
+            self._stream(name, handle.write)
+
+    def _stream(self, name: str, sink: Callable[[bytes], object]) -> None:
+        if self.local is not None:
+            with open(self.local / name, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    sink(block)
+            return
+        from .io.remote import RemoteObject
+
+        options = self._template
+        remote = RemoteObject(self.fs, f"{self.root}/{name}", attempts=options.attempts,
+                              head_bytes=0)
+        try:
+            step = options.part_bytes
+            for offset in range(0, remote.size, step):
+                sink(remote.read(offset, step))
+        finally:
+            remote.close()
+
+    def in_parallel(self, names, job: Callable[[str], object]) -> dict[str, object]:
+        """``job(name)`` for each name: remote ones several at once (each is a round trip)."""
+        jobs = {name: (lambda name=name: job(name)) for name in names}
+        return _run_parallel(jobs, 1 if self.local is not None else _REMOTE_WORKERS)
+
+
+_REMOTE_WORKERS = 8  # metadata requests and small files fetched at once from a store
 
 
 # --- the manifest ---------------------------------------------------------------------------------
@@ -209,33 +352,50 @@ class Manifest:
             raise IntegrityError(f"{name}: not the shard this checkpoint was sealed with (a shard "
                                  "of another version, or another shard renamed)")
 
-    def check_directory(self, directory: str | os.PathLike, *, hash_files: bool = True) -> None:
+    def check_directory(self, directory, *, hash_files: bool = True, fs=None) -> list[str]:
         """IntegrityError when a listed shard is missing, a sealed or safetensors file is not
-        listed, or (``hash_files``) a plain file changed."""
-        directory = Path(directory)
-        present = set(_relative_files(directory))
+        listed, or (``hash_files``) a plain file changed. ``directory``: a local directory, a URL,
+        or a path in the fsspec filesystem ``fs`` (plain files are then fetched to be hashed).
+
+        Returns what could not be checked where the directory is: empty, except on stores that
+        cannot list a directory (HTTP), where weight files that the manifest does not list cannot
+        be seen (they are never loaded either: loaders take the manifest's list)."""
+        where = _Directory.of(directory, fs)
+        not_checked = []
+        present = where.listing()
+        if present is None:
+            found = where.in_parallel(sorted(self.shards), where.has_file)
+            present = {name for name, there in found.items() if there}
+            not_checked.append(f"weight files not listed in the manifest: a {where.scheme} store "
+                               "cannot list a directory (only the manifest's files were checked)")
+        present = set(present)
         missing = sorted(set(self.shards) - present)
         linked = sorted(name for name in set(self.shards) | set(self.files)
-                        if name in present and (directory / name).is_symlink())
+                        if name in present and where.is_link(name))
         if linked:
-            raise IntegrityError(f"{directory}: listed file(s) are symbolic links, not the sealed "
-                                 f"files themselves: {', '.join(linked)}")
+            raise IntegrityError(f"{where.label}: listed file(s) are symbolic links, not the "
+                                 f"sealed files themselves: {', '.join(linked)}")
         if missing:
-            raise IntegrityError(f"{directory}: shard(s) missing from the sealed checkpoint: "
+            raise IntegrityError(f"{where.label}: shard(s) missing from the sealed checkpoint: "
                                  f"{', '.join(missing)}")
         extra = sorted(name for name in present - set(self.shards) - {MANIFEST_NAME}
                        if name.endswith(WEIGHTS_SUFFIX))
         if extra:
-            raise IntegrityError(f"{directory}: weight file(s) not in the checkpoint's manifest: "
-                                 f"{', '.join(extra)}")
-        for name, (size, digest) in self.files.items():
-            path = directory / name
-            if not path.is_file():
-                raise IntegrityError(f"{directory}: {name} is missing (the manifest lists it)")
-            if hash_files and (path.stat().st_size != size or not hmac.compare_digest(
-                    _sha512_file(path).encode(), digest.encode())):
-                raise IntegrityError(f"{directory}: {name} changed since the checkpoint was "
+            raise IntegrityError(f"{where.label}: weight file(s) not in the checkpoint's "
+                                 f"manifest: {', '.join(extra)}")
+
+        def check_file(name: str) -> None:
+            size, digest = self.files[name]
+            found = where.size_of(name)
+            if found is None:
+                raise IntegrityError(f"{where.label}: {name} is missing (the manifest lists it)")
+            if hash_files and (found != size or not hmac.compare_digest(
+                    where.sha512(name).encode(), digest.encode())):
+                raise IntegrityError(f"{where.label}: {name} changed since the checkpoint was "
                                      "sealed")
+
+        where.in_parallel(sorted(self.files), check_file)
+        return not_checked
 
     def weight_map(self, index_name: str) -> dict:
         """The original index document ``index_name`` (tensor names -> shard files)."""
@@ -265,19 +425,29 @@ def _object(value, what: str) -> dict:
     return value
 
 
-def read_manifest(directory: str | os.PathLike, key, **verification) -> Manifest:
-    """Open and authenticate ``directory``'s manifest (``signer=`` etc. as for any sealed file)."""
+def read_manifest(directory, key, *, fs=None, **verification) -> Manifest:
+    """Open and authenticate ``directory``'s manifest (``signer=`` etc. as for any sealed file).
+    ``directory``: a local directory, a URL, or a path in the fsspec filesystem ``fs``."""
+    from .io.remote import RemoteSourceError
     from .reader import SealedReader
 
-    path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.isfile(path):
-        raise IntegrityError(f"{directory}: no {MANIFEST_NAME}: not a sealed checkpoint directory "
-                             "(or its manifest was removed)")
-    with SealedReader.open(path, key, **verification) as reader:
+    where = _Directory.of(directory, fs)
+    path = where.member(MANIFEST_NAME)
+    absent = IntegrityError(f"{where.label}: no {MANIFEST_NAME}: not a sealed checkpoint "
+                            "directory (or its manifest was removed)")
+    if where.local is not None and not path.is_file():
+        raise absent
+    try:
+        reader = SealedReader.open(path, key, **verification)
+    except RemoteSourceError as exc:
+        if exc.errno == errno.ENOENT:
+            raise absent from None
+        raise
+    with reader:
         reader.check_trailer()
         metadata = reader.metadata() or {}
         if reader.index.tensors or set(metadata) != {MANIFEST_METADATA_KEY}:
-            raise FormatError(f"{path}: not a checkpoint manifest")
+            raise FormatError(f"{os.fspath(path)}: not a checkpoint manifest")
         return Manifest.from_json(metadata[MANIFEST_METADATA_KEY], reader.header.file_id.hex())
 
 
@@ -481,11 +651,12 @@ def _write_manifest(path: Path, manifest: Manifest, recipients, signer, generati
     return file_id.hex()
 
 
-def open_shard(directory: str | os.PathLike, name: str, key, manifest: Manifest, **verification):
-    """A SealedReader on shard ``name`` of a sealed checkpoint, checked against ``manifest``."""
+def open_shard(directory, name: str, key, manifest: Manifest, *, fs=None, **verification):
+    """A SealedReader on shard ``name`` of a sealed checkpoint (local directory, URL, or a path in
+    the fsspec filesystem ``fs``), checked against ``manifest``."""
     from .reader import SealedReader
 
-    reader = SealedReader.open(os.path.join(directory, name), key, **verification)
+    reader = SealedReader.open(_Directory.of(directory, fs).member(name), key, **verification)
     try:
         manifest.check_shard(name, reader)
     except BaseException:
@@ -494,25 +665,56 @@ def open_shard(directory: str | os.PathLike, name: str, key, manifest: Manifest,
     return reader
 
 
-def unseal_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, key, *,
-                      overwrite: bool = False, threads: int = 0, workers: int = 0,
-                      progress: Progress | None = None, **verification) -> dict:
+def _open_shards(where: _Directory, key, manifest: Manifest, verification: dict) -> dict:
+    """Every shard opened (remote ones several at once: each open is two round trips), checked
+    against the manifest, trailers included; all closed again on a failure."""
+    readers: dict = {}
+    lock = threading.Lock()
+
+    def open_one(name: str) -> None:
+        reader = open_shard(where, name, key, manifest, **verification)
+        with lock:
+            readers[name] = reader
+        reader.check_trailer()
+
+    try:
+        where.in_parallel(sorted(manifest.shards), open_one)
+    except BaseException:
+        for reader in readers.values():
+            reader.close()
+        raise
+    return {name: readers[name] for name in sorted(readers)}
+
+
+def unseal_checkpoint(src, dst: str | os.PathLike, key, *, overwrite: bool = False,
+                      threads: int = 0, workers: int = 0, progress: Progress | None = None,
+                      fs=None, **verification) -> dict:
     """Write the plain checkpoint directory back: shards unsealed (mode 0600), the original index
-    JSON restored, other files copied (after checking their hashes). Every shard is checked
-    against the manifest and authenticated in full; ``dst`` appears complete or not at all."""
+    JSON restored, other files copied (and their hashes checked). Every shard is checked against
+    the manifest and authenticated in full; ``dst`` appears complete or not at all.
+
+    ``src``: a local directory, a URL (``s3://bucket/model/``, ``https://host/model/``), or a
+    path in the fsspec filesystem ``fs``; ``dst`` is local. Only the files the manifest lists are
+    fetched, by name (a directory listing is not needed)."""
     from .format.safetensors_io import header_for, write_unpadded
     from .io.atomic import atomic_output
 
-    src, dst = Path(src), Path(dst)
-    manifest = read_manifest(src, key, **verification)
-    manifest.check_directory(src)
-    readers = {}
+    where, dst = _Directory.of(src, fs), Path(dst)
+    manifest = read_manifest(where, key, **verification)
+    # The plain files are hashed as copied into the output (below), not read twice.
+    manifest.check_directory(where, hash_files=False)
+    readers = _open_shards(where, key, manifest, verification)
     try:
-        for name in manifest.shards:
-            readers[name] = open_shard(src, name, key, manifest, **verification)
-            readers[name].check_trailer()
         counter = _ProgressSum(sum(r.data_length for r in readers.values()), progress)
         with _staged_directory(dst, overwrite) as out:
+            # Plain files first: a changed config.json is refused before any shard is unsealed.
+            for name in manifest.files:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+            where.in_parallel(sorted(manifest.files),
+                              lambda name: where.copy_to(name, out / name))
+            # The copies must be what the manifest bound (a file changed meanwhile is refused).
+            _check_files(out, manifest)
+
             def unseal_one(name: str) -> None:
                 reader = readers[name]
                 target = out / name
@@ -527,15 +729,10 @@ def unseal_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, key, *,
             for name, text in manifest.indexes.items():
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
                 (out / name).write_text(text, encoding="utf-8")
-            for name in manifest.files:
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / name, out / name)
-            # The copies must be what the manifest bound (a file changed meanwhile is refused).
-            _check_files(out, manifest)
     finally:
         for reader in readers.values():
             reader.close()
-    return {"src": os.fspath(src), "dst": os.fspath(dst), "shards": sorted(manifest.shards),
+    return {"src": where.label, "dst": os.fspath(dst), "shards": sorted(manifest.shards),
             "indexes": sorted(manifest.indexes), "copied": sorted(manifest.files)}
 
 
@@ -550,19 +747,18 @@ def _check_files(directory: Path, manifest: Manifest) -> None:
 # --- verify / inspect / rewrap --------------------------------------------------------------------
 
 
-def verify_checkpoint(directory: str | os.PathLike, key, *, threads: int = 0, workers: int = 0,
-                      progress: Progress | None = None, **verification) -> dict:
-    """Authenticate a sealed checkpoint: the manifest, that every listed shard is there and no
-    other weight file is, the plain files' hashes, and every byte of every shard. Raises on the
-    first failure; returns a summary."""
-    directory = Path(directory)
-    manifest = read_manifest(directory, key, **verification)
-    manifest.check_directory(directory)
-    readers = {}
+def verify_checkpoint(directory, key, *, threads: int = 0, workers: int = 0,
+                      progress: Progress | None = None, fs=None, **verification) -> dict:
+    """Authenticate a sealed checkpoint (local directory, URL, or a path in the fsspec filesystem
+    ``fs``): the manifest, that every listed shard is there and no other weight file is, the plain
+    files' hashes, and every byte of every shard. Raises on the first failure; returns a summary
+    whose ``not_checked`` names what the store did not allow to check (HTTP cannot list a
+    directory, so unlisted weight files cannot be seen there)."""
+    where = _Directory.of(directory, fs)
+    manifest = read_manifest(where, key, **verification)
+    not_checked = manifest.check_directory(where)
+    readers = _open_shards(where, key, manifest, verification)
     try:
-        for name in manifest.shards:
-            readers[name] = open_shard(directory, name, key, manifest, **verification)
-            readers[name].check_trailer()
         counter = _ProgressSum(sum(r.data_length for r in readers.values()), progress)
 
         def verify_one(name: str) -> dict:
@@ -578,33 +774,54 @@ def verify_checkpoint(directory: str | os.PathLike, key, *, threads: int = 0, wo
         for reader in readers.values():
             reader.close()
     shards = [results[name] for name in sorted(results)]
-    return {"path": os.fspath(directory), "checkpoint": True, "manifest_file_id": manifest.file_id,
+    return {"path": where.label, "checkpoint": True, "manifest_file_id": manifest.file_id,
             "shards": shards, "tensors": sum(s["tensors"] for s in shards),
             "data_size": sum(s["data_size"] for s in shards),
             "files_checked": sorted(manifest.files),
-            "signed": all(s["signed"] for s in shards)}
+            "signed": all(s["signed"] for s in shards), "not_checked": not_checked}
 
 
-def inspect_checkpoint(directory: str | os.PathLike, key=None, **verification) -> dict:
-    """What a sealed checkpoint shows. Without a key: each sealed file's public report and the
-    plain files (labelled unauthenticated). With a key: also the manifest's tensor map, checked."""
+def inspect_checkpoint(directory, key=None, *, fs=None, **verification) -> dict:
+    """What a sealed checkpoint shows (local directory, URL, or a path in the fsspec filesystem
+    ``fs``). Without a key: each sealed file's public report and the plain files (labelled
+    unauthenticated). With a key: also the manifest's tensor map, checked.
+
+    A store that cannot list a directory (HTTP) shows the files the manifest lists when a key is
+    given, and only the manifest without one (``listing`` in the report says so)."""
     from .api import inspect
 
-    directory = Path(directory)
-    names = _relative_files(directory)
+    where = _Directory.of(directory, fs)
+    names = where.listing()
+    manifest = None
+    report_listing = "complete"
+    if names is None:
+        if key is not None:
+            manifest = read_manifest(where, key, **verification)
+            names = sorted({MANIFEST_NAME, *manifest.shards, *manifest.indexes, *manifest.files})
+            report_listing = (f"the manifest's files only: a {where.scheme} store cannot list a "
+                              "directory")
+        else:
+            names = [MANIFEST_NAME] if where.has_file(MANIFEST_NAME) else []
+            report_listing = (f"the manifest only: a {where.scheme} store cannot list a "
+                              "directory, and without a key the manifest's list is encrypted")
+        if manifest is not None:
+            manifest.check_directory(where)
     sealed = [n for n in names if n.endswith(WEIGHTS_SUFFIX) or n == MANIFEST_NAME]
-    report = {"path": os.fspath(directory), "checkpoint": is_sealed_checkpoint(directory),
-              "authenticated": False,
-              "sealed_files": [dict(inspect(directory / n), name=n) for n in sealed],
-              "plain_files": [{"name": n, "size": (directory / n).stat().st_size}
-                              for n in names if n not in sealed]}
+    plain = [n for n in names if n not in sealed]
+    public = where.in_parallel(sealed, lambda n: dict(inspect(where.member(n)), name=n))
+    sizes = where.in_parallel(plain, where.size_of)
+    report = {"path": where.label, "checkpoint": MANIFEST_NAME in names,
+              "authenticated": False, "listing": report_listing,
+              "sealed_files": [public[n] for n in sealed],
+              "plain_files": [{"name": n, "size": sizes[n]} for n in plain]}
     if key is None:
         return report
-    manifest = read_manifest(directory, key, **verification)
-    manifest.check_directory(directory)
+    if manifest is None:
+        manifest = read_manifest(where, key, **verification)
+        manifest.check_directory(where)
     tensors = {}
     for name in sorted(manifest.shards):
-        with open_shard(directory, name, key, manifest, **verification) as reader:
+        with open_shard(where, name, key, manifest, **verification) as reader:
             tensors[name] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
                              for t in reader.index.tensors]
     report.update(authenticated=True, manifest_file_id=manifest.file_id, tensors=tensors,
@@ -646,7 +863,11 @@ def rewrap_checkpoint(directory: str | os.PathLike, key, *, add=(), remove=(),
     from .keys.keyfile import as_recipients
     from .reader import SealedReader
 
-    directory = Path(directory)
+    where = _Directory.of(directory)
+    if where.local is None:
+        raise ValueError(f"{where.label}: rewrap_checkpoint rewrites files in place and needs a "
+                         "local directory (unseal or copy it locally first)")
+    directory = where.local
     add = as_recipients(add) if add else []
     remove = list(remove)
     if not add and not remove:
@@ -680,17 +901,19 @@ def rewrap_checkpoint(directory: str | os.PathLike, key, *, add=(), remove=(),
 # --- loading --------------------------------------------------------------------------------------
 
 
-def iter_checkpoint_weights(directory: str | os.PathLike, key, *, names=None,
-                            device: str = "cpu", **verification) -> Iterator[tuple[str, object]]:
+def iter_checkpoint_weights(directory, key, *, names=None, device: str = "cpu", fs=None,
+                            **verification) -> Iterator[tuple[str, object]]:
     """Yield ``(tensor name, torch tensor)`` for every tensor of a sealed checkpoint, shard by
-    shard (the manifest checked first, every shard against it). ``names``: only these shards."""
+    shard (the manifest checked first, every shard against it). ``directory``: a local directory,
+    a URL (``s3://bucket/model/``, ``https://host/model/``), or a path in the fsspec filesystem
+    ``fs``. ``names``: only these shards."""
     from .safe_open import safe_open
 
-    manifest = read_manifest(directory, key, **verification)
-    manifest.check_directory(directory)
+    where = _Directory.of(directory, fs)
+    manifest = read_manifest(where, key, **verification)
+    manifest.check_directory(where)
     for name in sorted(manifest.shards) if names is None else names:
-        handle = safe_open(os.path.join(directory, name), "pt", device=device, key=key,
-                           **verification)
+        handle = safe_open(where.member(name), "pt", device=device, key=key, **verification)
         try:
             manifest.check_shard(name, handle._reader)
             for tensor_name in handle.offset_keys():
@@ -699,7 +922,7 @@ def iter_checkpoint_weights(directory: str | os.PathLike, key, *, names=None,
             handle.close()
 
 
-def load_checkpoint(directory: str | os.PathLike, key, *, device: str = "cpu",
-                    **verification) -> dict:
-    """Every tensor of a sealed checkpoint as ``{name: torch tensor}`` (a state dict)."""
-    return dict(iter_checkpoint_weights(directory, key, device=device, **verification))
+def load_checkpoint(directory, key, *, device: str = "cpu", fs=None, **verification) -> dict:
+    """Every tensor of a sealed checkpoint as ``{name: torch tensor}`` (a state dict), from a local
+    directory, a URL, or a path in the fsspec filesystem ``fs``."""
+    return dict(iter_checkpoint_weights(directory, key, device=device, fs=fs, **verification))

@@ -274,6 +274,18 @@ def _peek(path: str, count: int = 9) -> tuple[bytes, int]:
         return handle.read(count), os.fstat(handle.fileno()).st_size
 
 
+def _is_checkpoint_dir(path: str) -> bool:
+    """A local directory, or a URL naming a checkpoint directory: it ends in '/', or a sealed
+    manifest is under it (one metadata request; object stores and HTTP have no directories)."""
+    from .io import remote
+
+    if remote.is_url(path):
+        from .checkpoint import is_sealed_checkpoint
+
+        return path.endswith("/") or is_sealed_checkpoint(path)
+    return os.path.isdir(path)
+
+
 def check_plain_source(path: str) -> None:
     """Refuse, naming ``path``, a source that is no .safetensors file (sealed, JSON, random)."""
     from .format.safetensors_io import check_prefix
@@ -685,7 +697,7 @@ def cmd_unseal(args) -> Result:
     if len(args.src) > 1:
         return _unseal_many(args, read_identities(args))
     args.src = args.src[0]
-    if os.path.isdir(args.src):
+    if _is_checkpoint_dir(args.src):
         return _unseal_directory(args, read_identities(args))
     check_sealed_source(args.src)
     check_destination(args.dst, args.force)
@@ -706,7 +718,7 @@ def cmd_unseal(args) -> Result:
 def _verify_one(path: str, keys: list, threads: int, options: dict) -> dict:
     from .api import inspect, verify
 
-    if os.path.isdir(path):
+    if _is_checkpoint_dir(path):
         from .checkpoint import verify_checkpoint
 
         started = time.perf_counter()
@@ -714,6 +726,7 @@ def _verify_one(path: str, keys: list, threads: int, options: dict) -> dict:
         return {"path": path, "ok": True, "checkpoint": True, "tensors": summary["tensors"],
                 "data_size": summary["data_size"], "file_id": summary["manifest_file_id"],
                 "shards": summary["shards"], "signed": summary["signed"],
+                "not_checked": summary["not_checked"],
                 "seconds": round(time.perf_counter() - started, 6)}
     check_sealed_source(path)
     started = time.perf_counter()
@@ -751,6 +764,7 @@ def cmd_verify(args) -> Result:
         lines.append(f"OK: {printable(path)} authenticated ({entry['tensors']} tensors, "
                      f"{human_size(entry['data_size'])} of data{signed}, "
                      f"{entry['seconds']:.2f} s)")
+        lines += [f"  not checked: {printable(item)}" for item in entry.get("not_checked", ())]
     code = _most_severe(entry["error"]["exit_code"] for entry in files if not entry["ok"])
     return Result({"ok": code == EXIT_OK, "exit_code": code, "files": files}, lines, code, errors)
 
@@ -776,6 +790,8 @@ def _inspect_directory(args) -> Result:
              "authenticated: NO (no key given: what follows is what the files claim)",
              f"checkpoint:  {printable(report['path'])}"
              + ("" if report["checkpoint"] else " (no manifest: not a sealed checkpoint)")]
+    if report.get("listing", "complete") != "complete":
+        lines.append(f"  files shown: {printable(report['listing'])}")
     lines += [f"  sealed  {printable(f['name'])}: {human_size(f['file_size'])}, "
               f"{len(f['slots'])} slot(s), file id {f['file_id']}" for f in report["sealed_files"]]
     lines += [f"  plain   {printable(f['name'])}: {human_size(f['size'])}"
@@ -804,7 +820,7 @@ def cmd_inspect(args) -> Result:
 def _inspect_path(args) -> Result:
     from .api import inspect
 
-    if os.path.isdir(args.src):
+    if _is_checkpoint_dir(args.src):
         return _inspect_directory(args)
     check_sealed_source(args.src)
     keys = read_identities(args, required=False) or None
@@ -868,7 +884,7 @@ def cmd_rewrap(args) -> Result:
     # else names a key or identity file, read here so that '-' (stdin) works too.
     removals = [item if re.fullmatch(r"[0-9a-f]{32}", item) or item.startswith("st-")
                 else read_keys([item])[0] for item in args.remove]
-    if len(args.src) > 1 or os.path.isdir(args.src[0]):
+    if len(args.src) > 1 or _is_checkpoint_dir(args.src[0]):
         if args.output is not None:
             raise UsageError("--output takes one file; directories and several files are "
                              "rewrapped in place")
@@ -896,7 +912,7 @@ def _rewrap_many(args, keys, add, removals) -> Result:
 
     files, lines = [], []
     for path in args.src:
-        if os.path.isdir(path):
+        if _is_checkpoint_dir(path):
             report = rewrap_checkpoint(path, keys, add=add, remove=removals,
                                        verify_data=args.verify, threads=args.threads)
             for entry in report["files"]:

@@ -45,7 +45,8 @@ from ..engine.spec import CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE
 from ..errors import IntegrityError, SealError
 
 __all__ = ["RemotePath", "RemoteObject", "RemoteSourceError", "ObjectChangedError", "is_url",
-           "bind", "resolve", "DEFAULT_CONCURRENCY", "DEFAULT_PART_BYTES"]
+           "bind", "resolve", "store_kind", "with_retries", "DEFAULT_CONCURRENCY",
+           "DEFAULT_PART_BYTES"]
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_PART_BYTES = 1024 * ENCRYPTED_CHUNK_SIZE  # 1024 whole chunks, about 16 MiB
@@ -107,10 +108,14 @@ class RemotePath(os.PathLike):
     def __str__(self) -> str:
         return self.url()
 
+    def resolved(self) -> tuple[object, str]:
+        """(filesystem, path in it): ``fs`` and ``path`` as given, or the ones the URL names."""
+        if self.fs is None:
+            return _url_to_fs(self.path)
+        return self.fs, self.path
+
     def open(self) -> "RemoteObject":
-        fs, path = self.fs, self.path
-        if fs is None:
-            fs, path = _url_to_fs(path)
+        fs, path = self.resolved()
         return RemoteObject(fs, path, concurrency=self.concurrency, part_bytes=self.part_bytes,
                             attempts=self.attempts)
 
@@ -246,6 +251,60 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def with_retries(call, *, label: str, what: str, attempts: int = DEFAULT_ATTEMPTS,
+                 etag: str | None = None, on_retry=None):
+    """``call()``, retried with exponential backoff and jitter on transient failures; any failure
+    re-raised as one of ours: ObjectChangedError, RemoteSourceError (ENOENT, EACCES, or the last
+    cause after ``attempts`` tries), IntegrityError for a body that stayed short."""
+    delay = _BACKOFF_FIRST
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - classified below, re-raised as ours
+            kind = _classify(exc)
+            if kind == "changed":
+                raise ObjectChangedError(
+                    f"{label} changed after it was opened (ETag {etag!r}): refusing "
+                    "to mix two versions; open it again") from None
+            if kind == "missing":
+                raise RemoteSourceError(errno.ENOENT, f"no such remote object: {label}") from None
+            if kind == "denied":
+                raise RemoteSourceError(errno.EACCES,
+                                        f"access denied to {label}: {_describe(exc)}") from None
+            if kind == "transient" and attempt < attempts:
+                if on_retry is not None:
+                    on_retry()
+                time.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, _BACKOFF_CAP)
+                continue
+            if isinstance(exc, _ShortBody):
+                raise IntegrityError(
+                    f"{label}: the store returned {exc.got} bytes for the {exc.wanted}-byte "
+                    f"range at {what} ({attempts} attempts; truncated response)") from None
+            tries = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
+            raise RemoteSourceError(f"reading {label} ({what}) failed {tries}: "
+                                    f"{_describe(exc)}") from exc
+    raise AssertionError("unreachable")
+
+
+def store_kind(fs) -> str:
+    """'s3', 'gcs', 'http' or 'other': how requests to ``fs`` are pinned to a version (and, for
+    'http', that the store cannot list a directory)."""
+    if callable(getattr(fs, "_call_s3", None)):
+        return "s3"
+    protocol = getattr(fs, "protocol", ())
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    if "gs" in protocols or "gcs" in protocols:
+        return "gcs"
+    try:
+        from fsspec.implementations.http import HTTPFileSystem
+    except ImportError:
+        return "other"
+    return "http" if isinstance(fs, HTTPFileSystem) else "other"
+
+
 # -- the object --------------------------------------------------------------------------------
 
 def _version_of(info: dict) -> tuple[str | None, str | None, str | None]:
@@ -297,51 +356,16 @@ class RemoteObject:
         except Exception:  # noqa: BLE001 - only a label
             return str(self.path)
 
-    @staticmethod
-    def _store_kind(fs) -> str:
-        if callable(getattr(fs, "_call_s3", None)):
-            return "s3"
-        try:
-            from fsspec.implementations.http import HTTPFileSystem
-        except ImportError:
-            return "other"
-        return "http" if isinstance(fs, HTTPFileSystem) else "other"
+    _store_kind = staticmethod(lambda fs: store_kind(fs))
 
     # -- requests ------------------------------------------------------------------------------
     def _retrying(self, what: str, call):
-        delay = _BACKOFF_FIRST
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return call()
-            except (KeyboardInterrupt, SystemExit, MemoryError):
-                raise
-            except BaseException as exc:  # noqa: BLE001 - classified below, re-raised as ours
-                kind = _classify(exc)
-                if kind == "changed":
-                    raise ObjectChangedError(
-                        f"{self.label} changed after it was opened (ETag {self.etag!r}): refusing "
-                        "to mix two versions; open it again") from None
-                if kind == "missing":
-                    raise RemoteSourceError(errno.ENOENT, f"no such remote object: {self.label}") \
-                        from None
-                if kind == "denied":
-                    raise RemoteSourceError(errno.EACCES,
-                                            f"access denied to {self.label}: {_describe(exc)}") \
-                        from None
-                if kind == "transient" and attempt < self.attempts:
-                    with self._stats_lock:
-                        self.stats["retries"] += 1
-                    time.sleep(random.uniform(delay / 2, delay))
-                    delay = min(delay * 2, _BACKOFF_CAP)
-                    continue
-                if isinstance(exc, _ShortBody):
-                    raise IntegrityError(
-                        f"{self.label}: the store returned {exc.got} bytes for the {exc.wanted}-byte "
-                        f"range at {what} ({self.attempts} attempts; truncated response)") from None
-                tries = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
-                raise RemoteSourceError(f"reading {self.label} ({what}) failed {tries}: "
-                                        f"{_describe(exc)}") from exc
-        raise AssertionError("unreachable")
+        return with_retries(call, label=self.label, what=what, attempts=self.attempts,
+                            etag=getattr(self, "etag", None), on_retry=self._count_retry)
+
+    def _count_retry(self) -> None:
+        with self._stats_lock:
+            self.stats["retries"] += 1
 
     def _get_once(self, offset: int, length: int) -> bytes:
         end = offset + length
