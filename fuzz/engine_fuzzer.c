@@ -15,6 +15,10 @@
  *   - encrypt -> decrypt (memory, and fd through a memfd) round-trips for any first_chunk / threads;
  *     one flipped byte fails with ST_E_AUTH at exactly that byte's chunk; a truncated file fails
  *     with ST_E_LENGTH at the chunk where data ran out; the engines agree for every thread count;
+ *   - with per-chunk digests (a flag bit): digests_out is the SHA-256 of every stored chunk (checked
+ *     against OpenSSL's EVP_Digest) and the same from both providers (ipsec-mb hashes with its
+ *     multi-buffer job API); decrypting with them round-trips; a flipped ciphertext byte or a
+ *     flipped digest byte fails with ST_E_DIGEST at that chunk before any AES work;
  *   - lengths claiming far more than exists (up to 2**64-1) are rejected without touching memory:
  *     those calls get pointers to a PROT_NONE page, so any access is a crash.
  * ASan/UBSan catch memory errors and undefined arithmetic along the way.
@@ -27,6 +31,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "sealtensors.h"
 
@@ -135,7 +141,7 @@ static int all_byte(const uint8_t *p, size_t n, uint8_t b)
 static void check_status(int rc, const st_status *st)
 {
     CHECK(rc == st->code);
-    CHECK(rc >= ST_OK && rc <= ST_E_PROVIDER);
+    CHECK((rc >= ST_OK && rc <= ST_E_PROVIDER) || rc == ST_E_DIGEST);
     if (rc == ST_OK || rc == ST_E_ARG)
         CHECK(st->chunk_index == -1);
 }
@@ -245,13 +251,16 @@ static void fuzz_round_trip(reader *r)
     size_t ct_len = plain_len + (size_t)count * ST_TAG_SIZE;
     uint8_t *ct = malloc(ct_len ? ct_len : 1);
     uint8_t *out = malloc(plain_len ? plain_len : 1);
+    int digesting = (int)((flags >> 7) & 1);
+    size_t dig_len = digesting ? (size_t)count * ST_DIGEST_SIZE : 0;
+    uint8_t *dig = digesting ? malloc(dig_len ? dig_len : 1) : NULL;
     st_status st;
 
     threads = threads < 0 ? 0 : threads;
     threads2 = threads2 < 0 ? 1 : threads2;
     int ok_provider = usable(provider) && usable(provider2);
-    int rc = st_encrypt_span_mem(provider, key, nonce, first, plain, plain_len, ct, ct_len, NULL, 0, final,
-                                 threads, &st);
+    int rc = st_encrypt_span_mem(provider, key, nonce, first, plain, plain_len, ct, ct_len, dig,
+                                 dig_len, final, threads, &st);
     check_status(rc, &st);
     if (!counter_ok(first, count)) {
         CHECK(rc == ST_E_ARG || (rc == ST_OK && count == 0));
@@ -265,10 +274,30 @@ static void fuzz_round_trip(reader *r)
     if (!ok_provider)
         goto done;
 
+    if (digesting) { /* the digests are SHA-256 of each stored chunk, whichever provider made them */
+        for (uint64_t c = 0; c < count; c++) {
+            size_t at = (size_t)c * ST_ENCRYPTED_CHUNK_SIZE;
+            size_t len = ct_len - at < ST_ENCRYPTED_CHUNK_SIZE ? ct_len - at : ST_ENCRYPTED_CHUNK_SIZE;
+            uint8_t want[ST_DIGEST_SIZE];
+            unsigned int want_len = 0;
+            CHECK(EVP_Digest(ct + at, len, want, &want_len, EVP_sha256(), NULL) == 1);
+            CHECK(memcmp(want, dig + c * ST_DIGEST_SIZE, ST_DIGEST_SIZE) == 0);
+        }
+        uint8_t *ct2 = malloc(ct_len ? ct_len : 1), *dig2 = malloc(dig_len ? dig_len : 1);
+        rc = st_encrypt_span_mem(provider2, key, nonce, first, plain, plain_len, ct2, ct_len, dig2,
+                                 dig_len, final, threads2, &st);
+        check_status(rc, &st);
+        CHECK(rc == ST_OK);
+        CHECK(ct_len == 0 || memcmp(ct, ct2, ct_len) == 0);
+        CHECK(dig_len == 0 || memcmp(dig, dig2, dig_len) == 0);
+        free(ct2);
+        free(dig2);
+    }
+
     /* memory, another provider and thread count */
     memset(out, 0xA5, plain_len);
-    rc = st_decrypt_span_mem(provider2, key, nonce, first, ct, ct_len, out, plain_len, NULL, 0, final,
-                             threads2, &st);
+    rc = st_decrypt_span_mem(provider2, key, nonce, first, ct, ct_len, out, plain_len, dig, dig_len,
+                             final, threads2, &st);
     check_status(rc, &st);
     CHECK(rc == ST_OK);
     CHECK(plain_len == 0 || memcmp(out, plain, plain_len) == 0);
@@ -279,8 +308,8 @@ static void fuzz_round_trip(reader *r)
     size_t keep = ct_len - (size_t)(cut % 4 == 0 ? 0 : cut % (ct_len + 1));
     CHECK(pwrite(fd, ct, keep, 7) == (ssize_t)keep || keep == 0);
     memset(out, 0xA5, plain_len);
-    rc = st_decrypt_span_fd(provider2, key, nonce, first, fd, 7, ct_len, out, plain_len, NULL, 0, final,
-                            threads, &st);
+    rc = st_decrypt_span_fd(provider2, key, nonce, first, fd, 7, ct_len, out, plain_len, dig, dig_len,
+                            final, threads, &st);
     check_status(rc, &st);
     close(fd);
     if (keep == ct_len) {
@@ -297,17 +326,30 @@ static void fuzz_round_trip(reader *r)
         size_t at = (size_t)(flip_at % ct_len);
         ct[at] ^= (uint8_t)(1u << (flip_at >> 29));
         memset(out, 0xA5, plain_len);
-        rc = st_decrypt_span_mem(provider, key, nonce, first, ct, ct_len, out, plain_len, NULL, 0, final,
-                                 threads2, &st);
+        rc = st_decrypt_span_mem(provider, key, nonce, first, ct, ct_len, out, plain_len, dig,
+                                 dig_len, final, threads2, &st);
         check_status(rc, &st);
-        CHECK(rc == ST_E_AUTH);
+        CHECK(rc == (digesting ? ST_E_DIGEST : ST_E_AUTH));
         CHECK(st.chunk_index == (int64_t)(first + at / ST_ENCRYPTED_CHUNK_SIZE));
         CHECK(all_zero(out, plain_len));
+        ct[at] ^= (uint8_t)(1u << (flip_at >> 29));
+        if (digesting) { /* the stored bytes are intact, the expected digest is not */
+            size_t bad = (size_t)(flip_at % dig_len);
+            dig[bad] ^= 0x10;
+            memset(out, 0xA5, plain_len);
+            rc = st_decrypt_span_mem(provider2, key, nonce, first, ct, ct_len, out, plain_len, dig,
+                                     dig_len, final, threads, &st);
+            check_status(rc, &st);
+            CHECK(rc == ST_E_DIGEST);
+            CHECK(st.chunk_index == (int64_t)(first + bad / ST_DIGEST_SIZE));
+            CHECK(all_zero(out, plain_len));
+        }
     }
 done:
     free(plain);
     free(ct);
     free(out);
+    free(dig);
 }
 
 /* Lengths far beyond any buffer: rejected before any byte is touched (guard page pointers). */
