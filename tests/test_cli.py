@@ -418,6 +418,7 @@ def test_info_reports_the_engine_in_use(capsys, backend):
     info = sealtensors.engine_info()
     assert f"backend:     {info['backend']}" in out
     assert f"provider:    {info['provider']}" in out
+    assert f"digests:     {info['digest']} " in out
     assert sealtensors.__version__ in out
     report = json.loads(run(capsys, "info", "--json")[1])
     assert report["engine"] == info and report["version"] == sealtensors.__version__

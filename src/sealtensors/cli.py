@@ -996,6 +996,7 @@ def cmd_info(args) -> Result:
         f"backend:     {info.get('backend')}",
         f"provider:    {info.get('provider')}",
         f"cpu path:    {info.get('cpu_path')}",
+        f"digests:     {info.get('digest')} (SHA-256 of each chunk of signed files)",
         f"threads:     {info.get('threads')}",
         f"C engine:    {c_engine}" + (f", providers: {', '.join(providers) or 'none'}"
                                       if providers is not None else ""),
