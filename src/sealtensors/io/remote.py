@@ -14,8 +14,9 @@ What a read does:
   flight on a thread pool, and decrypts part ``i`` (C engine: GIL released) while parts ``i+1..``
   are still downloading. Memory held is at most ``concurrency`` parts, whatever the model size;
 - every GET is pinned to the version seen at open (S3: ``VersionId`` when versioned and
-  ``If-Match``; HTTP: ``If-Match`` with a strong ETag) and the ETag of each S3 response is compared
-  too: an object replaced mid-read raises :class:`ObjectChangedError`, never a mix of versions;
+  ``If-Match``; GCS: the object's ``generation``; HTTP: ``If-Match`` with a strong ETag) and the
+  ETag of each S3 response is compared too: an object replaced mid-read raises
+  :class:`ObjectChangedError`, never a mix of versions;
 - transient failures (5xx, 429, connection resets, truncated bodies, timeouts) are retried with
   exponential backoff and jitter; after the last attempt :class:`RemoteSourceError` names the range
   and the cause. A body of the wrong length is never handed on (IntegrityError after the retries);
@@ -376,6 +377,8 @@ class RemoteObject:
             if self.etag and not self.etag.startswith("W/"):
                 headers["If-Match"] = self.etag
             data = self.fs.cat_file(self.path, start=offset, end=end, headers=headers)
+        elif self._kind == "gcs" and self.version_id:
+            data = self._gcs_get(offset, end)
         else:
             data = self.fs.cat_file(self.path, start=offset, end=end)
         with self._stats_lock:
@@ -407,6 +410,16 @@ class RemoteObject:
                 response["Body"].close()
 
         return sync(fs.loop, get)
+
+    def _gcs_get(self, offset: int, end: int) -> bytes:
+        # gcsfs passes ``generation`` on to the download URL (``...?alt=media&generation=G``):
+        # GCS then serves that generation or, once it is no longer live (the object was replaced
+        # in a bucket without versioning, or deleted), answers 404. A 404 for the generation
+        # seen at open means the object changed, not that it never existed.
+        try:
+            return self.fs.cat_file(self.path, start=offset, end=end, generation=self.version_id)
+        except FileNotFoundError:
+            raise ObjectChangedError(f"generation {self.version_id} is gone") from None
 
     def _fetch(self, offset: int, length: int) -> bytes:
         return self._retrying(f"bytes {offset}-{offset + length - 1}",
