@@ -25,7 +25,8 @@ class FaultyObjectServer:
     ``"slow"`` (sends the body in pieces with pauses), ``"other:NAME"`` (the same range of another
     object, with this object's headers), ``"replace:NAME"`` (this object becomes a copy of NAME,
     new ETag, before the reply), ``"ignore-range"`` (200 and the whole object), ``"ok"``.
-    ``requests`` logs (name, range header) of every GET.
+    ``requests`` logs (name, range header) of every GET; ``peak_gets`` is the most GETs that
+    were being answered at once since the last :meth:`clear`.
     """
 
     def __init__(self) -> None:
@@ -33,6 +34,8 @@ class FaultyObjectServer:
         self.etags: dict[str, str] = {}
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.active_gets = 0
+        self.peak_gets = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -59,6 +62,7 @@ class FaultyObjectServer:
         with self.lock:
             self.faults.clear()
             self.requests.clear()
+            self.peak_gets = self.active_gets
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -104,6 +108,16 @@ class FaultyObjectServer:
                 self.close_connection = True
 
             def do_GET(self) -> None:
+                with owner.lock:
+                    owner.active_gets += 1
+                    owner.peak_gets = max(owner.peak_gets, owner.active_gets)
+                try:
+                    self._get()
+                finally:
+                    with owner.lock:
+                        owner.active_gets -= 1
+
+            def _get(self) -> None:
                 name = self.path.lstrip("/").split("?")[0]
                 spec = self.headers.get("Range")
                 with owner.lock:

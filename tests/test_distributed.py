@@ -116,3 +116,47 @@ def test_ranks_load_their_slices_and_decrypt_about_one_over_world_size(sealed, w
         assert total / world <= amount + rounding and amount <= total / world + rounding, decrypted
     print(f"\nworld {world}: model {total} B, per-rank decrypted {decrypted} "
           f"({[round(d / total, 3) for d in decrypted]} of the model)")
+
+
+def _single_rank_worker(rank: int, port: int, source, out_dir: str) -> None:
+    from sealtensors.distributed import load_sharded
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=1)
+    try:
+        torch.save(load_sharded(source, KEY, dims=DIMS), os.path.join(out_dir, "part.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.engine_independent
+def test_each_mode_overlaps_slice_reads_across_tensors(sealed, tmp_path):
+    """One rank, every GET slowed down by the server: the reads of different tensors are in
+    flight together (before prefetching, one GET at a time), bounded by the window, and the
+    result is unchanged."""
+    from sealtensors.engine.spec import ENCRYPTED_CHUNK_SIZE
+    from sealtensors.io.remote import RemotePath
+
+    path, url = sealed
+    server = FaultyObjectServer()
+    try:
+        server.put("model", path.read_bytes())
+        server.inject("model", "ok", *["slow"] * 200)
+        # Parts larger than any tensor: one GET per tensor, so reading tensor by tensor would
+        # never have two GETs in flight.
+        source = RemotePath(f"{server.url}/model", part_bytes=64 * ENCRYPTED_CHUNK_SIZE,
+                            concurrency=2)
+        mp.spawn(_single_rank_worker, args=(free_port(), source, os.fspath(tmp_path)), nprocs=1,
+                 join=True)
+        peak = server.peak_gets
+    finally:
+        server.stop()
+    part = torch.load(tmp_path / "part.pt")
+    full = stt.load_file(path, KEY)
+    assert list(part) == list(full)
+    for name in full:
+        assert torch.equal(part[name], full[name]), name
+    # The rank's reads of different tensors overlapped, at most PREFETCH_TENSORS at once.
+    from sealtensors.distributed import PREFETCH_TENSORS
+
+    assert 2 <= peak <= PREFETCH_TENSORS, peak

@@ -9,7 +9,10 @@ the gloo backend (CPU) and NCCL (GPU tensors) alike. See docs/REMOTE.md for runn
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 
 import torch
@@ -30,13 +33,16 @@ def _dim_for(dims, name: str, ndim: int) -> int | None:
 
 
 def _counting(handle, stats: dict) -> None:
-    """Count the plaintext bytes this handle's reader decrypts (chunk rounding included)."""
+    """Count the plaintext bytes this handle's reader decrypts (chunk rounding included); reads
+    may run on several threads at once (prefetch)."""
     reader = handle._reader
     inner = reader._decrypt_chunks
+    lock = threading.Lock()
 
     def counted(first, stop, dst, threads):
         inner(first, stop, dst, threads)
-        stats["bytes_decrypted"] += memoryview(dst).nbytes
+        with lock:
+            stats["bytes_decrypted"] += memoryview(dst).nbytes
 
     reader._decrypt_chunks = counted
 
@@ -95,22 +101,68 @@ def load_sharded(filename, key=None, *, dims: int | Mapping[str, int | None] | N
     return result
 
 
+PREFETCH_TENSORS = 4  # slice reads in flight per rank in "each" mode
+_LOCAL_WINDOW_BYTES = 64 << 20
+
+
+def _window_bytes(handle) -> int:
+    """How many bytes of slices may be in flight at once: for a remote file the bound one large
+    read already has (``concurrency`` parts of ``part_bytes``), so prefetching across tensors
+    adds at most that much ciphertext in flight; for a local file 64 MiB."""
+    from .engine.spec import ENCRYPTED_CHUNK_SIZE
+
+    remote = handle._reader._source.remote
+    if remote is None:
+        return _LOCAL_WINDOW_BYTES
+    return remote.concurrency * remote.part_chunks * ENCRYPTED_CHUNK_SIZE
+
+
 def _load_each(filename, key, dims, group, names, fs, counters, verification):
     from .safe_open import safe_open
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    result = {}
     with safe_open(filename, "pt", key=key, fs=fs, **verification) as handle:
         _counting(handle, counters)
-        for name in (handle.offset_keys() if names is None else list(names)):
-            piece = handle.get_slice(name)
-            shape = piece.get_shape()
+        wanted = handle.offset_keys() if names is None else list(names)
+
+        def plan(name: str):
+            """(how to index the tensor, bytes the read decrypts, about)."""
+            info = handle._reader.info(name)
+            shape = handle.get_slice(name).get_shape()
             dim = _dim_for(dims, name, len(shape))
             if dim is None:
-                result[name] = piece[...]
-            else:
-                begin, end = _shard_bounds(shape[dim], rank, world)
-                result[name] = piece[(slice(None),) * dim + (slice(begin, end),)]
+                return Ellipsis, info.end - info.begin
+            begin, end = _shard_bounds(shape[dim], rank, world)
+            share = (end - begin) / shape[dim] if dim == 0 and shape[dim] else 1.0
+            return (slice(None),) * dim + (slice(begin, end),), int((info.end - info.begin) * share)
+
+        def read(name: str, index):
+            return handle.get_slice(name)[index]
+
+        # The slices are read several at once (each read fetches and decrypts its chunk range),
+        # so one tensor's GETs overlap the next ones' instead of waiting for them: bounded by
+        # PREFETCH_TENSORS reads and by _window_bytes of slices in flight (one read always runs,
+        # however large). Results are taken in order, so the dict's order is the file's.
+        budget = _window_bytes(handle)
+        result, pending, in_flight = {}, deque(), 0
+        with ThreadPoolExecutor(PREFETCH_TENSORS, thread_name_prefix="sealtensors-each") as pool:
+            try:
+                for name in wanted:
+                    index, size = plan(name)
+                    while pending and (len(pending) >= PREFETCH_TENSORS
+                                       or in_flight + size > budget):
+                        done_name, future, done_size = pending.popleft()
+                        result[done_name] = future.result()
+                        in_flight -= done_size
+                    pending.append((name, pool.submit(read, name, index), size))
+                    in_flight += size
+                while pending:
+                    done_name, future, _ = pending.popleft()
+                    result[done_name] = future.result()
+            except BaseException:
+                for _, future, _ in pending:
+                    future.cancel()
+                raise
     return result
 
 
