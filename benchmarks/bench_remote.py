@@ -3,6 +3,11 @@ safetensors download of the same model from the same server through s3fs (ratio 
 and tensor-parallel loading with every rank reading itself against one reader sharing ("shared").
 
     .venv/bin/python benchmarks/bench_remote.py [--mib 128] [--repeat 3] [--world 2]
+        [--each-prefetch 1,4]
+
+``--each-prefetch`` runs "each" mode once per value of ``sealtensors.distributed.PREFETCH_TENSORS``
+(1: tensor by tensor, as before prefetching), the configurations interleaved run by run; every
+distributed figure is the median over ``--repeat`` runs of the slowest rank.
 
 Both loads are checked for equality with the original tensors before any time is reported.
 """
@@ -46,12 +51,16 @@ def _cpu() -> str:
         return platform.processor() or "unknown"
 
 
-def _distributed_worker(rank, world, port, url, endpoint, mode, out):
+def _distributed_worker(rank, world, port, url, endpoint, mode, prefetch, out, label):
     import torch.distributed as dist
 
     import s3fs
 
+    import sealtensors.distributed
     from sealtensors.distributed import load_sharded
+
+    if prefetch:
+        sealtensors.distributed.PREFETCH_TENSORS = prefetch
 
     fs = s3fs.S3FileSystem(key="testing", secret="testing", skip_instance_cache=True,
                            client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
@@ -63,7 +72,7 @@ def _distributed_worker(rank, world, port, url, endpoint, mode, out):
         load_sharded(url, KEY if mode == "each" or rank == 0 else None, dims=0, mode=mode, fs=fs,
                      stats=stats)
         dist.barrier()
-        with open(os.path.join(out, f"{mode}-{rank}.txt"), "w") as handle:
+        with open(os.path.join(out, f"{label}-{rank}.txt"), "w") as handle:
             handle.write(f"{stats['seconds']} {stats['bytes_decrypted']} {stats['bytes_received']}")
     finally:
         dist.destroy_process_group()
@@ -74,6 +83,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--world", type=int, default=2, help="0 skips the distributed part")
+    parser.add_argument("--each-prefetch", default="",
+                        help="comma-separated PREFETCH_TENSORS values for 'each' mode "
+                             "(default: the library's)")
     args = parser.parse_args()
 
     import safetensors.numpy as plain
@@ -120,22 +132,32 @@ def main() -> None:
         if args.world:
             import torch.multiprocessing as mp
 
+            prefetches = [int(v) for v in args.each_prefetch.split(",") if v] or [0]
+            configs = [(f"each-prefetch{p}" if p else "each", "each", p) for p in prefetches]
+            configs.append(("shared", "shared", 0))
+            slowest: dict[str, list[float]] = {label: [] for label, _, _ in configs}
+            amounts = {}
             with tempfile.TemporaryDirectory() as out:
-                for mode in ("each", "shared"):
-                    mp.spawn(_distributed_worker,
-                             args=(args.world, free_port(), "bench/m.sealed", server.url, mode,
-                                   out),
-                             nprocs=args.world, join=True)
-                    rows = []
-                    for rank in range(args.world):
-                        with open(os.path.join(out, f"{mode}-{rank}.txt")) as handle:
-                            seconds, decrypted, received = handle.read().split()
-                        rows.append((float(seconds), int(decrypted), int(received)))
-                    slowest = max(r[0] for r in rows)
-                    print(f"world {args.world}, mode {mode!r}: slowest rank {slowest:.2f} s; "
-                          f"per-rank decrypted MiB "
-                          f"{[round(r[1] / 2**20, 1) for r in rows]}, received MiB "
-                          f"{[round(r[2] / 2**20, 1) for r in rows]}")
+                for _ in range(args.repeat):
+                    for label, mode, prefetch in configs:
+                        mp.spawn(_distributed_worker,
+                                 args=(args.world, free_port(), "bench/m.sealed", server.url,
+                                       mode, prefetch, out, label),
+                                 nprocs=args.world, join=True)
+                        rows = []
+                        for rank in range(args.world):
+                            with open(os.path.join(out, f"{label}-{rank}.txt")) as handle:
+                                seconds, decrypted, received = handle.read().split()
+                            rows.append((float(seconds), int(decrypted), int(received)))
+                        slowest[label].append(max(r[0] for r in rows))
+                        amounts[label] = rows
+            for label, _, _ in configs:
+                rows = amounts[label]
+                print(f"world {args.world}, {label}: slowest rank median "
+                      f"{statistics.median(slowest[label]):.2f} s "
+                      f"(runs {[round(t, 2) for t in slowest[label]]}); per-rank decrypted MiB "
+                      f"{[round(r[1] / 2**20, 1) for r in rows]}, received MiB "
+                      f"{[round(r[2] / 2**20, 1) for r in rows]}")
         print(f"load average after: {os.getloadavg()}")
     finally:
         server.stop()
