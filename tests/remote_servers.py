@@ -25,6 +25,7 @@ class FaultyObjectServer:
     ``"slow"`` (sends the body in pieces with pauses), ``"other:NAME"`` (the same range of another
     object, with this object's headers), ``"replace:NAME"`` (this object becomes a copy of NAME,
     new ETag, before the reply), ``"ignore-range"`` (200 and the whole object), ``"ok"``.
+    ``head_sizes[name]`` makes HEAD claim that size instead of the real one (a lying store).
     ``requests`` logs (name, range header) of every GET; ``peak_gets`` is the most GETs that
     were being answered at once since the last :meth:`clear`.
     """
@@ -34,6 +35,7 @@ class FaultyObjectServer:
         self.etags: dict[str, str] = {}
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.head_sizes: dict[str, int] = {}
         self.active_gets = 0
         self.peak_gets = 0
         self.lock = threading.Lock()
@@ -63,6 +65,7 @@ class FaultyObjectServer:
             self.faults.clear()
             self.requests.clear()
             self.peak_gets = self.active_gets
+            self.head_sizes.clear()
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -87,8 +90,10 @@ class FaultyObjectServer:
                 if data is None:
                     self._simple(404)
                     return
+                with owner.lock:
+                    claimed = owner.head_sizes.get(name, len(data))
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(claimed))
                 self.send_header("ETag", etag)
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()

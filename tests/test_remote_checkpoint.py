@@ -340,3 +340,16 @@ def test_cli_on_checkpoint_urls(http, local, tmp_path, capsys):
     assert _files(tmp_path / "out") == _files(local / "plain-v1")
     # A single sealed file by URL is still a file.
     assert cli.main(["verify", f"{http.url}/v1/{SHARD_1}", "-k", str(key_file)]) == 0
+
+
+@pytest.mark.parametrize("name, change", [
+    ("config.json", +10), ("config.json", -10), ("tokenizer/tokenizer.json", -1),
+    (SHARD_2, -100), (SHARD_2, +100), (MANIFEST_NAME, -1),
+])
+def test_sizes_a_store_lies_about_are_refused(http, local, name, change):
+    """A HEAD claiming another size than the object has (a broken or hostile store or cache):
+    never taken at its word, the bytes that arrive are what is checked."""
+    size = len(_files(local / "v1")[name])
+    http.head_sizes[f"v1/{name}"] = size + change
+    with pytest.raises(IntegrityError):
+        verify_checkpoint(RemotePath(f"{http.url}/v1", attempts=2), KEY)
