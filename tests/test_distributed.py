@@ -160,3 +160,69 @@ def test_each_mode_overlaps_slice_reads_across_tensors(sealed, tmp_path):
     from sealtensors.distributed import PREFETCH_TENSORS
 
     assert 2 <= peak <= PREFETCH_TENSORS, peak
+
+
+def _checkpoint_worker(rank: int, world: int, port: int, good: str, swapped: str,
+                       out_dir: str) -> None:
+    from sealtensors.distributed import load_sharded_checkpoint
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        for mode in ("each", "shared"):
+            key = KEY if mode == "each" or rank == 0 else None
+            part = load_sharded_checkpoint(good, key, dims=0, mode=mode)
+            torch.save(part, os.path.join(out_dir, f"ckpt-{mode}-{rank}.pt"))
+            try:
+                load_sharded_checkpoint(swapped, key, dims=0, mode=mode)
+                outcome = "loaded"
+            except Exception as exc:  # noqa: BLE001 - the type is what the test checks
+                outcome = type(exc).__name__
+            with open(os.path.join(out_dir, f"swapped-{mode}-{rank}.txt"), "w") as handle:
+                handle.write(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.engine_independent
+def test_checkpoint_directory_url_sharded_over_ranks(tmp_path):
+    """A sealed checkpoint directory on the HTTP server (which cannot list): each rank's slices
+    equal slicing the checked full load, in both modes; swapped shards are refused on the
+    ranks that read them (an IntegrityError) and reported to the others in "shared" mode."""
+    from safetensors.torch import save_file as plain_save
+
+    from sealtensors.checkpoint import load_checkpoint, seal_checkpoint
+
+    model = _model()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shards = {"a.safetensors": ["emb", "norm"], "b.safetensors": ["wq", "wo", "odd"]}
+    for shard, names in shards.items():
+        plain_save({n: model[n].contiguous() for n in names}, plain / shard)
+    (plain / "config.json").write_text("{}")
+    seal_checkpoint(plain, tmp_path / "sealed", KEY)
+    server = FaultyObjectServer()
+    try:
+        for path in (tmp_path / "sealed").iterdir():
+            data = path.read_bytes()
+            server.put(f"good/{path.name}", data)
+            swapped = {"a.safetensors": "b.safetensors", "b.safetensors": "a.safetensors"}
+            server.put(f"swapped/{swapped.get(path.name, path.name)}", data)
+        out = tmp_path / "out"
+        out.mkdir()
+        mp.spawn(_checkpoint_worker, args=(2, free_port(), f"{server.url}/good/",
+                                           f"{server.url}/swapped/", os.fspath(out)),
+                 nprocs=2, join=True)
+    finally:
+        server.stop()
+    full = load_checkpoint(tmp_path / "sealed", KEY)
+    for mode in ("each", "shared"):
+        for rank in range(2):
+            part = torch.load(out / f"ckpt-{mode}-{rank}.pt")
+            assert sorted(part) == sorted(full)
+            for name in full:
+                assert torch.equal(part[name], _expected(full, name, 0, rank, 2)), (mode, name)
+    assert [(out / f"swapped-each-{r}.txt").read_text() for r in range(2)] == \
+        ["IntegrityError"] * 2
+    assert [(out / f"swapped-shared-{r}.txt").read_text() for r in range(2)] == \
+        ["IntegrityError", "RuntimeError"]

@@ -155,14 +155,14 @@ def test_s3_url_with_endpoint_from_the_environment(moto_s3, files, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import fsspec
-
-    fsspec.AbstractFileSystem.clear_instance_cache()  # pick up the environment set above
+    # Pick up the environment set above; each filesystem class has its own instance cache, and
+    # an instance left behind would point later tests at this module's stopped server.
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         _same(stnp.load_file(f"s3://{BUCKET}/model.sealed", KEY),
               stnp.load_file(files["model"], KEY))
     finally:
-        fsspec.AbstractFileSystem.clear_instance_cache()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.mark.engine_independent

@@ -114,14 +114,16 @@ def _fresh_faults(request):
 @pytest.fixture
 def s3_env(moto_s3, monkeypatch):
     """s3:// URLs resolved by fsspec itself (endpoint and credentials from the environment)."""
-    import fsspec
+    import s3fs
 
     for name, value in (("AWS_ENDPOINT_URL", moto_s3.url), ("AWS_ACCESS_KEY_ID", "testing"),
                         ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
-    fsspec.AbstractFileSystem.clear_instance_cache()
+    # Each filesystem class keeps its own instance cache: an s3:// instance made by an earlier
+    # test would still point at that test's (stopped) server.
+    s3fs.S3FileSystem.clear_instance_cache()
     yield
-    fsspec.AbstractFileSystem.clear_instance_cache()
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _where(kind: str, request, version: str = "v1") -> dict:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .torch import _shard_bounds, check_device
 
-__all__ = ["load_sharded", "host_group", "MODES"]
+__all__ = ["load_sharded", "load_sharded_checkpoint", "host_group", "MODES"]
 
 MODES = ("each", "shared")
 
@@ -90,14 +90,72 @@ def load_sharded(filename, key=None, *, dims: int | Mapping[str, int | None] | N
     target = check_device(device)
     counters = {"bytes_decrypted": 0, "bytes_received": 0}
     started = time.perf_counter()
+    check = verification.pop("_check", None)
     if mode == "each":
-        result = _load_each(filename, key, dims, group, names, fs, counters, verification)
+        result = _load_each(filename, key, dims, group, names, fs, counters, verification, check)
     else:
-        result = _load_shared(filename, key, dims, group, names, fs, counters, verification)
+        result = _load_shared(filename, key, dims, group, names, fs, counters, verification,
+                              check)
     if target.type != "cpu":
         result = {name: tensor.to(target) for name, tensor in result.items()}
     if stats is not None:
         stats.update(counters, seconds=time.perf_counter() - started)
+    return result
+
+
+def load_sharded_checkpoint(directory, key=None, *, dims: int | Mapping[str, int | None] | None = 0,
+                            mode: str = "each", group=None, device: str = "cpu", fs=None,
+                            stats: dict | None = None, **verification) -> dict[str, torch.Tensor]:
+    """:func:`load_sharded` over every shard of a sealed checkpoint directory (local directory,
+    URL such as ``s3://bucket/model/`` or ``https://host/model/``, or a path in the fsspec
+    filesystem ``fs``): this rank's part of every tensor, each shard checked against the
+    authenticated manifest first (a dropped, swapped or foreign shard is an IntegrityError).
+
+    ``mode="each"``: every rank reads the manifest and its slices. ``mode="shared"``: the leader of
+    ``group`` reads the manifest and every shard and sends the slices; the other ranks need no key
+    and make no request. ``stats`` sums over the shards.
+    """
+    from .checkpoint import _Directory, read_manifest
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialised (call init_process_group first)")
+    group = dist.group.WORLD if group is None else group
+    rank = dist.get_rank(group)
+    leader = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
+    where = _Directory.of(directory, fs)  # no request: only names the location
+    manifest, failure, plan = None, None, [None]
+    if mode == "each" or rank == 0:
+        try:
+            manifest = read_manifest(where, key, **verification)
+            manifest.check_directory(where)
+            plan[0] = sorted(manifest.shards)
+        except Exception as exc:  # noqa: BLE001 - shared: told to every rank, then re-raised
+            if mode == "each":
+                raise
+            plan[0], failure = f"{type(exc).__name__}: {exc}", exc
+    if mode == "shared":
+        dist.broadcast_object_list(plan, src=leader, group=group)
+        if isinstance(plan[0], str):
+            if rank == 0:
+                raise failure
+            raise RuntimeError(f"the leader (rank {leader}) could not open the checkpoint: "
+                               f"{plan[0]}")
+    totals = {"bytes_decrypted": 0, "bytes_received": 0}
+    started = time.perf_counter()
+    result: dict[str, torch.Tensor] = {}
+    for name in plan[0]:
+        shard_stats: dict = {}
+        check = None if manifest is None else (lambda reader, name=name:
+                                               manifest.check_shard(name, reader))
+        result.update(load_sharded(where.member(name), key, dims=dims, mode=mode, group=group,
+                                   device=device, stats=shard_stats, _check=check,
+                                   **verification))
+        for counter in totals:
+            totals[counter] += shard_stats[counter]
+    if stats is not None:
+        stats.update(totals, seconds=time.perf_counter() - started)
     return result
 
 
@@ -117,11 +175,13 @@ def _window_bytes(handle) -> int:
     return remote.concurrency * remote.part_chunks * ENCRYPTED_CHUNK_SIZE
 
 
-def _load_each(filename, key, dims, group, names, fs, counters, verification):
+def _load_each(filename, key, dims, group, names, fs, counters, verification, check=None):
     from .safe_open import safe_open
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     with safe_open(filename, "pt", key=key, fs=fs, **verification) as handle:
+        if check is not None:
+            check(handle._reader)
         _counting(handle, counters)
         wanted = handle.offset_keys() if names is None else list(names)
 
@@ -173,7 +233,7 @@ def _comm_device(group) -> torch.device:
     return torch.device("cpu")
 
 
-def _load_shared(filename, key, dims, group, names, fs, counters, verification):
+def _load_shared(filename, key, dims, group, names, fs, counters, verification, check=None):
     from .safe_open import safe_open
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -188,6 +248,8 @@ def _load_shared(filename, key, dims, group, names, fs, counters, verification):
         if rank == 0:
             try:
                 handle = safe_open(filename, "pt", key=key, fs=fs, **verification)
+                if check is not None:
+                    check(handle._reader)
                 _counting(handle, counters)
                 wanted = handle.offset_keys() if names is None else list(names)
                 plan[0] = wanted
