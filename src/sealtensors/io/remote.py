@@ -336,7 +336,7 @@ class RemoteObject:
         self._stats_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._kind = self._store_kind(fs)
+        self._kind = store_kind(fs)
         info = self._retrying("open", lambda: fs.info(path))
         if info.get("type", "file") != "file":
             raise RemoteSourceError(f"{self.label} is not a file")
@@ -356,8 +356,6 @@ class RemoteObject:
             return self.fs.unstrip_protocol(self.path)
         except Exception:  # noqa: BLE001 - only a label
             return str(self.path)
-
-    _store_kind = staticmethod(lambda fs: store_kind(fs))
 
     # -- requests ------------------------------------------------------------------------------
     def _retrying(self, what: str, call):
