@@ -45,6 +45,20 @@ def seal(plaintext: bytes, first: int = 0, final: bool = True, threads: int = 2)
     return bytes(ciphertext), bytes(table)
 
 
+def decrypt_from(source: str, tmp_path, first: int, ciphertext: bytes, out, *, threads: int,
+                 digests: bytes) -> None:
+    """Decrypt a final span with ``digests`` from memory or, for ``source == "fd"``, from a file."""
+    if source == "memory":
+        backends.engine().decrypt_span(KEY, NONCE, first, ciphertext, out, final=True,
+                                       threads=threads, digests=digests)
+        return
+    path = tmp_path / "span"
+    path.write_bytes(ciphertext)
+    with open(path, "rb") as f:
+        backends.engine().decrypt_span_fd(KEY, NONCE, first, f.fileno(), 0, len(ciphertext), out,
+                                          final=True, threads=threads, digests=digests)
+
+
 @pytest.mark.parametrize("length", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 5,
                                     40 * CHUNK_SIZE + 9])
 def test_digests_out_is_sha256_of_each_stored_chunk(length):
@@ -79,15 +93,7 @@ def test_one_wrong_digest_is_a_signature_error(bad, source, tmp_path):
     wrong[bad * DIGEST_SIZE + 17] ^= 0x40
     out = bytearray(b"\xaa" * len(plaintext))
     with pytest.raises(SignatureError) as caught:
-        if source == "memory":
-            backends.engine().decrypt_span(KEY, NONCE, 3, ciphertext, out, final=True, threads=2,
-                                           digests=bytes(wrong))
-        else:
-            path = tmp_path / "span"
-            path.write_bytes(ciphertext)
-            with open(path, "rb") as f:
-                backends.engine().decrypt_span_fd(KEY, NONCE, 3, f.fileno(), 0, len(ciphertext),
-                                                  out, final=True, threads=2, digests=bytes(wrong))
+        decrypt_from(source, tmp_path, 3, ciphertext, out, threads=2, digests=bytes(wrong))
     assert caught.value.chunk_index == 3 + bad
     assert isinstance(caught.value, IntegrityError)
     assert f"data chunk {3 + bad} does not match the publisher's signature" in str(caught.value)
@@ -107,15 +113,7 @@ def test_wrong_digests_around_hashing_group_edges(bad, source, tmp_path):
         wrong[index * DIGEST_SIZE] ^= 0x01
     out = bytearray(b"\x55" * len(plaintext))
     with pytest.raises(SignatureError) as caught:
-        if source == "memory":
-            backends.engine().decrypt_span(KEY, NONCE, 9, ciphertext, out, final=True, threads=1,
-                                           digests=bytes(wrong))
-        else:
-            path = tmp_path / "span"
-            path.write_bytes(ciphertext)
-            with open(path, "rb") as f:
-                backends.engine().decrypt_span_fd(KEY, NONCE, 9, f.fileno(), 0, len(ciphertext),
-                                                  out, final=True, threads=1, digests=bytes(wrong))
+        decrypt_from(source, tmp_path, 9, ciphertext, out, threads=1, digests=bytes(wrong))
     assert caught.value.chunk_index == 9 + min(bad)
     assert out == bytes(len(out))
 
